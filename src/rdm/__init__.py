@@ -1,0 +1,1 @@
+"""Retrieval-augmented diffusion models as a reproducible pipeline."""

@@ -1,0 +1,1 @@
+"""Image data: the demo generator, sources, validation and ingestion."""

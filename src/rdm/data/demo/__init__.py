@@ -1,0 +1,1 @@
+"""A deterministic generator of small captioned artworks in distinct styles."""

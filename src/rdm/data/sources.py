@@ -1,0 +1,212 @@
+"""Where images come from: a local folder, a manifest file, or an S3 prefix.
+
+A source only lists items (a location plus what is known about it: caption, style, content);
+bytes are read later, in parallel, by `Source.read`. Every file found is listed, images or not,
+so that ingestion can account for each one.
+
+Layouts understood:
+- Folder (ImageFolder, as ArtBench ships): `root/<style>/<file>`; files directly under root have
+  no style. A `name.txt` beside `name.png` is that image's caption.
+- Manifest: a .csv, .jsonl or .parquet table with a `path` column and optional `caption`, `style`
+  and `content` columns; relative paths are resolved against the manifest's own folder.
+- S3: `s3://bucket/prefix` is read like a folder; `s3://bucket/key.csv` (or .jsonl, .parquet) like
+  a manifest.
+"""
+
+from __future__ import annotations
+
+import io
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pandas as pd
+
+from rdm.config import S3Params
+from rdm.data.s3 import is_s3_uri, make_client, split_s3_uri
+from rdm.errors import UserError
+
+MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
+CAPTION_SUFFIX = ".txt"
+
+
+class SourceError(UserError, ValueError):
+    """A source that cannot be listed at all (missing, empty, malformed manifest)."""
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    location: str
+    """A local path or an s3:// URI: where the bytes are, as the user would name it."""
+    caption: str | None = None
+    style: str | None = None
+    content: str | None = None
+
+
+class Source(ABC):
+    """Lists items and reads their bytes. Subclasses know one layout."""
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+
+    @abstractmethod
+    def items(self) -> Iterator[SourceItem]:
+        """Every file of the source, in a stable order."""
+
+    def read(self, location: str) -> bytes:
+        return Path(location).read_bytes()
+
+
+def open_source(spec: str, s3: S3Params | None = None) -> Source:
+    """Pick the source type from its spec: s3:// URI, manifest file or folder."""
+    if is_s3_uri(spec):
+        return S3Source(spec, s3 or S3Params())
+    path = Path(spec)
+    if path.is_file():
+        if path.suffix.lower() not in MANIFEST_SUFFIXES:
+            raise SourceError(f"{spec}: a file source must be a manifest ({', '.join(MANIFEST_SUFFIXES)})")
+        return ManifestSource(spec)
+    if path.is_dir():
+        return FolderSource(spec)
+    raise SourceError(f"{spec}: no such folder or manifest; check the path in params.yaml (prepare.sources)")
+
+
+def _is_hidden(parts: tuple[str, ...]) -> bool:
+    return any(part.startswith(".") for part in parts)
+
+
+def _pair_captions(relpaths: list[PurePosixPath]) -> tuple[list[PurePosixPath], set[PurePosixPath]]:
+    """Split listed files into candidates and caption sidecars (`x.txt` beside a non-txt `x.*`)."""
+    stems = {p.with_suffix("") for p in relpaths if p.suffix.lower() != CAPTION_SUFFIX}
+    captions = {p for p in relpaths if p.suffix.lower() == CAPTION_SUFFIX and p.with_suffix("") in stems}
+    return [p for p in relpaths if p not in captions], captions
+
+
+def _style_of(rel: PurePosixPath) -> str | None:
+    return rel.parts[0] if len(rel.parts) > 1 else None
+
+
+def _check_no_empty_styles(spec: str, dirs: set[str], styled: set[str]) -> None:
+    empty = sorted(dirs - styled)
+    if empty:
+        raise SourceError(f"{spec}: style folder(s) {empty} hold no files; add images or remove the folder")
+
+
+class FolderSource(Source):
+    def items(self) -> Iterator[SourceItem]:
+        root = Path(self.spec)
+        rels = sorted(
+            PurePosixPath(p.relative_to(root).as_posix())
+            for p in root.rglob("*")
+            if p.is_file() and not _is_hidden(p.relative_to(root).parts)
+        )
+        if not rels:
+            raise SourceError(f"{self.spec}: the folder holds no files")
+        top_dirs = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+        candidates, captions = _pair_captions(rels)
+        _check_no_empty_styles(self.spec, top_dirs, {s for p in candidates if (s := _style_of(p))})
+        for rel in candidates:
+            caption_rel = rel.with_suffix(CAPTION_SUFFIX)
+            caption = (root / caption_rel).read_text().strip() if caption_rel in captions else None
+            yield SourceItem(location=str(root / rel), caption=caption, style=_style_of(rel))
+
+
+def _read_table(data: bytes | Path, suffix: str, name: str) -> pd.DataFrame:
+    buffer = io.BytesIO(data) if isinstance(data, bytes) else data
+    try:
+        if suffix == ".csv":
+            table = pd.read_csv(buffer, dtype=str, keep_default_na=False)
+        elif suffix in (".jsonl", ".json"):
+            table = pd.read_json(buffer, lines=True, dtype=False)
+        else:
+            table = pd.read_parquet(buffer)
+    except Exception as exc:
+        raise SourceError(f"{name}: cannot read manifest: {exc}") from None
+    if "path" not in table.columns:
+        raise SourceError(f"{name}: manifest has no 'path' column (columns: {list(table.columns)})")
+    return table
+
+
+def _text(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _manifest_items(table: pd.DataFrame, resolve: Any) -> Iterator[SourceItem]:
+    columns = set(table.columns)
+    for row in table.to_dict("records"):
+        yield SourceItem(
+            location=resolve(str(row["path"])),
+            caption=_text(row.get("caption")) if "caption" in columns else None,
+            style=_text(row.get("style")) if "style" in columns else None,
+            content=_text(row.get("content")) if "content" in columns else None,
+        )
+
+
+class ManifestSource(Source):
+    def items(self) -> Iterator[SourceItem]:
+        path = Path(self.spec)
+        table = _read_table(path, path.suffix.lower(), self.spec)
+
+        def resolve(p: str) -> str:
+            return p if is_s3_uri(p) or Path(p).is_absolute() else str(path.parent / p)
+
+        yield from _manifest_items(table, resolve)
+
+    def read(self, location: str) -> bytes:
+        if is_s3_uri(location):
+            raise SourceError(f"{self.spec}: s3:// paths need the manifest on S3 too (got {location})")
+        return super().read(location)
+
+
+class S3Source(Source):
+    def __init__(self, spec: str, params: S3Params) -> None:
+        super().__init__(spec)
+        self.bucket, self.key = split_s3_uri(spec)
+        self.client = make_client(params)
+
+    def read(self, location: str) -> bytes:
+        bucket, key = split_s3_uri(location)
+        body: bytes = self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return body
+
+    def items(self) -> Iterator[SourceItem]:
+        suffix = PurePosixPath(self.key).suffix.lower()
+        if suffix in MANIFEST_SUFFIXES:
+            yield from self._manifest_items(suffix)
+        else:
+            yield from self._folder_items()
+
+    def _manifest_items(self, suffix: str) -> Iterator[SourceItem]:
+        table = _read_table(self.read(self.spec), suffix, self.spec)
+        folder = PurePosixPath(self.key).parent
+
+        def resolve(p: str) -> str:
+            return p if is_s3_uri(p) else f"s3://{self.bucket}/{(folder / p).as_posix().lstrip('./')}"
+
+        yield from _manifest_items(table, resolve)
+
+    def _folder_items(self) -> Iterator[SourceItem]:
+        prefix = self.key.rstrip("/") + "/" if self.key else ""
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        rels = sorted(
+            PurePosixPath(obj["Key"][len(prefix) :])
+            for page in pages
+            for obj in page.get("Contents", [])
+            if not obj["Key"].endswith("/") and not _is_hidden(PurePosixPath(obj["Key"][len(prefix) :]).parts)
+        )
+        if not rels:
+            raise SourceError(f"{self.spec}: no objects under this prefix; check the bucket and prefix")
+        candidates, captions = _pair_captions(rels)
+        for rel in candidates:
+            caption_rel = rel.with_suffix(CAPTION_SUFFIX)
+            caption = None
+            if caption_rel in captions:
+                caption = self.read(f"s3://{self.bucket}/{prefix}{caption_rel}").decode().strip()
+            yield SourceItem(
+                location=f"s3://{self.bucket}/{prefix}{rel}", caption=caption, style=_style_of(rel)
+            )

@@ -1,0 +1,1 @@
+"""One module per DVC stage: read the config section, do the work, write the outputs."""

@@ -1,0 +1,124 @@
+"""`prepare` stage: ingest each split's source into checked, content-addressed images and manifests.
+
+Outputs (under `prepare.out`): `images/`, one manifest per split (`train.parquet`, `d_train.parquet`,
+`styles.parquet`; a style collection is the rows of one style) and `prompts.parquet`.
+Every rejected file is listed in `prepare.rejected` and counted in `prepare.metrics`.
+Splits are disjoint: a file met in an earlier split is a duplicate in a later one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from rdm.config import PrepareParams, S3Params
+from rdm.data.images import Limits
+from rdm.data.ingest import IngestResult, ingest
+from rdm.data.manifest import write_manifest
+from rdm.data.sources import SourceError, open_source
+from rdm.files import atomic_write_bytes, write_json, write_jsonl
+
+SPLITS = ("train", "d_train", "styles")
+
+
+def limits_of(params: PrepareParams) -> Limits:
+    return Limits(min_side=params.min_side, max_side=params.max_side, max_pixels=params.max_pixels)
+
+
+def read_prompts(spec: str) -> pd.DataFrame:
+    """Evaluation prompts from a CSV, JSONL or parquet file with a `prompt` column."""
+    path = Path(spec)
+    if not path.is_file():
+        raise SourceError(f"{spec}: no prompts file; fix prepare.sources.prompts or set it to null")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    elif suffix in (".jsonl", ".json"):
+        table = pd.read_json(path, lines=True, dtype=False)
+    elif suffix == ".parquet":
+        table = pd.read_parquet(path)
+    else:
+        raise SourceError(f"{spec}: prompts must be .csv, .jsonl or .parquet")
+    if "prompt" not in table.columns:
+        raise SourceError(f"{spec}: no 'prompt' column (columns: {list(table.columns)})")
+    return table.astype(str)
+
+
+def run(params: PrepareParams, s3: S3Params, progress: bool = True) -> dict[str, Any]:
+    started = time.perf_counter()
+    out = Path(params.out)
+    sources = {split: open_source(getattr(params.sources, split), s3) for split in SPLITS}
+    prompts = read_prompts(params.sources.prompts) if params.sources.prompts else None
+
+    seen: dict[str, str] = {}
+    results: dict[str, IngestResult] = {}
+    for split, source in sources.items():
+        results[split] = ingest(
+            source,
+            split,
+            out,
+            limits_of(params),
+            seen=seen,
+            require_style=split == "styles",
+            workers=params.workers,
+            progress=progress,
+        )
+        write_manifest(results[split].records, out / f"{split}.parquet")
+    if prompts is not None:
+        buffer = prompts.to_parquet(index=False)
+        atomic_write_bytes(out / "prompts.parquet", buffer)
+
+    write_jsonl(
+        Path(params.rejected), (r.as_dict() for result in results.values() for r in result.rejections)
+    )
+    metrics = _metrics(results, 0 if prompts is None else len(prompts), time.perf_counter() - started)
+    write_json(Path(params.metrics), metrics)
+    _print_summary(metrics, out, params)
+    return metrics
+
+
+def _metrics(results: dict[str, IngestResult], prompts: int, seconds: float) -> dict[str, Any]:
+    rejected: Counter[str] = Counter()
+    for result in results.values():
+        rejected.update(result.reasons())
+    total = {
+        "seen": sum(r.seen for r in results.values()),
+        "accepted": sum(len(r.records) for r in results.values()),
+        "rejected": dict(sorted(rejected.items())),
+    }
+    collections = Counter(rec.style for rec in results["styles"].records)
+    return {split: result.counts() for split, result in results.items()} | {
+        "total": total,
+        "collections": dict(sorted(collections.items())),
+        "prompts": prompts,
+        "seconds": round(seconds, 2),
+    }
+
+
+def _print_summary(metrics: dict[str, Any], out: Path, params: PrepareParams) -> None:
+    for split in SPLITS:
+        m = metrics[split]
+        reasons = ", ".join(f"{n} {reason}" for reason, n in m["rejected"].items()) or "none"
+        print(f"prepare: {split:8s} {m['accepted']:6d} accepted of {m['seen']:6d} seen; rejected: {reasons}")
+    print(
+        f"prepare: {len(metrics['collections'])} style collections: "
+        + ", ".join(f"{style} ({n})" for style, n in metrics["collections"].items())
+    )
+    print(
+        f"prepare: manifests and images in {out}/, metrics in {params.metrics}, "
+        f"rejections in {params.rejected}"
+    )
+
+
+def main() -> int:
+    from rdm.cli import main as cli_main
+
+    return cli_main(["prepare"])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
