@@ -1,0 +1,43 @@
+"""Shared fixtures: the real config shrunk to test size, and files of every kind ingestion meets."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Keep tools' state out of the user's home and off the network, before they are imported.
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="rdm-prefect-"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from tests.support import REPO_ROOT, messy_files
+
+from rdm.config import Config, load_config
+
+TINY_GENERATE = {
+    "image_size": 32,
+    "train_images": 24,
+    "d_train_images": 24,
+    "style_images": 6,
+    "eval_prompts": 5,
+}
+
+
+@pytest.fixture
+def tiny_config() -> Config:
+    """The project's own params.yaml with the demo shrunk to a few dozen images."""
+    config = load_config(REPO_ROOT / "params.yaml")
+    generate = config.generate.model_copy(update=TINY_GENERATE)
+    return config.model_copy(update={"generate": generate})
+
+
+@pytest.fixture(scope="session")
+def messy_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("messy") / "styles"
+    for rel, (data, _) in messy_files().items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return root

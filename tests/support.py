@@ -1,0 +1,74 @@
+"""Helpers shared by tests: the repository root, free ports, and files of every kind ingestion meets."""
+
+from __future__ import annotations
+
+import io
+import socket
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _encode(image: Image.Image, fmt: str, **kwargs: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def _photo(width: int, height: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 / width, y * 255 / height, np.full_like(x, 128)], axis=-1)
+    noisy = base + rng.normal(0, 10, base.shape)
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+MESSY_CAPTIONS = {"alpha/good.txt"}
+
+
+def messy_files() -> dict[str, tuple[bytes, str | None]]:
+    """Relative path -> (bytes, expected rejection reason or None when it should be accepted).
+
+    One file of every kind ingestion has to handle, in ImageFolder layout (`<style>/<file>`).
+    """
+    good_png = _encode(_photo(64, 48, 1), "PNG")
+    good_jpg = _encode(_photo(64, 48, 2), "JPEG", quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    rotated = _encode(_photo(80, 40, 3), "JPEG", exif=exif)
+    rgba = _photo(48, 48, 4).convert("RGBA")
+    alpha = np.full((48, 48), 255, np.uint8)
+    alpha[:, :24] = 0  # left half fully transparent
+    rgba.putalpha(Image.fromarray(alpha))
+    grey16 = Image.fromarray(np.full((40, 40), 32768, np.uint16))
+    bomb = Image.new("1", (12_000, 12_000))
+    return {
+        "alpha/good.png": (good_png, None),
+        "alpha/good.txt": (b"a gradient, quite good\n", None),
+        "alpha/good.jpg": (good_jpg, None),
+        "alpha/good.webp": (_encode(_photo(64, 64, 5), "WEBP", quality=90), None),
+        "alpha/rotated.jpg": (rotated, None),
+        "alpha/rgba.png": (_encode(rgba, "PNG"), None),
+        "alpha/palette.png": (_encode(_photo(40, 40, 6).convert("P"), "PNG"), None),
+        "alpha/grey.png": (_encode(_photo(40, 40, 7).convert("L"), "PNG"), None),
+        "beta/grey16.png": (_encode(grey16, "PNG"), None),
+        "beta/cmyk.jpg": (_encode(_photo(40, 40, 8).convert("CMYK"), "JPEG"), None),
+        "beta/big.png": (_encode(_photo(1200, 600, 9), "PNG"), None),
+        "beta/truncated.jpg": (good_jpg[: len(good_jpg) // 2], "truncated"),
+        "beta/empty.jpg": (b"", "empty"),
+        "beta/notes.jpg": (b"these are my notes, not a picture\n" * 20, "not_an_image"),
+        "beta/tiny.png": (_encode(_photo(8, 8, 10), "PNG"), "too_small"),
+        "beta/bomb.png": (_encode(bomb, "PNG", optimize=True), "too_large"),
+        "beta/copy-of-good.png": (good_png, "duplicate"),
+    }
+
+

@@ -1,0 +1,144 @@
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from tests.support import MESSY_CAPTIONS, messy_files
+
+from rdm.cli import main
+from rdm.data.images import Limits
+from rdm.data.ingest import IngestResult, ingest
+from rdm.data.manifest import read_manifest
+from rdm.data.sources import SourceError, open_source
+
+LIMITS = Limits(min_side=32, max_side=512, max_pixels=40_000_000)
+
+
+def check_messy_result(result: IngestResult, out: Path, location_of) -> None:
+    """The shared expectations for a folder of every kind of file, wherever it was read from."""
+    files = {rel: expected for rel, (_, expected) in messy_files().items() if rel not in MESSY_CAPTIONS}
+    assert result.seen == len(files)
+    accepted = {r.source: r for r in result.records}
+    rejected = {r.source: r for r in result.rejections}
+    assert len(accepted) + len(rejected) == len(files)
+    for rel, expected in files.items():
+        if expected is None:
+            assert location_of(rel) in accepted, f"{rel} was rejected: {rejected.get(location_of(rel))}"
+        else:
+            assert rejected[location_of(rel)].reason == expected, rel
+    assert "good.png" in rejected[location_of("beta/copy-of-good.png")].detail
+
+    by_name = {Path(src).name: rec for src, rec in accepted.items()}
+    for record in accepted.values():
+        stored = out / record.path
+        with Image.open(stored) as image:
+            assert image.mode == "RGB"
+            assert image.size == (record.width, record.height)
+        assert record.id == hashlib.sha256(messy_files()[_rel(record.source)][0]).hexdigest()
+        assert record.style == _rel(record.source).split("/")[0]
+    assert (by_name["rotated.jpg"].width, by_name["rotated.jpg"].height) == (40, 80)  # EXIF applied
+    assert (by_name["big.png"].width, by_name["big.png"].height) == (512, 256)  # fitted to max_side
+    assert by_name["good.png"].caption == "a gradient, quite good"
+    grey16 = np.asarray(Image.open(out / by_name["grey16.png"].path))
+    assert 120 <= grey16.mean() <= 136  # 16-bit mid-grey scaled, not clipped to white
+    rgba = np.asarray(Image.open(out / by_name["rgba.png"].path))
+    assert (rgba[:, :24] == 255).all()  # transparent half composited on white
+    good_jpg = by_name["good.jpg"]
+    assert good_jpg.path.endswith(".jpg")  # kept as it was: stored bytes are the original bytes
+    assert hashlib.sha256((out / good_jpg.path).read_bytes()).hexdigest() == good_jpg.id
+
+
+def _rel(location: str) -> str:
+    return "/".join(location.replace("\\", "/").split("/")[-2:])
+
+
+def test_folder_of_every_kind_of_file(messy_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = ingest(open_source(str(messy_folder)), "styles", out, LIMITS, progress=False)
+    check_messy_result(result, out, lambda rel: str(messy_folder / rel))
+
+
+def test_reingesting_is_idempotent(messy_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    first = ingest(open_source(str(messy_folder)), "x", out, LIMITS, progress=False)
+    stored = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    second = ingest(open_source(str(messy_folder)), "x", out, LIMITS, progress=False)
+    assert first.records == second.records
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == stored
+
+
+def test_ids_seen_in_an_earlier_split_are_duplicates(messy_folder: Path, tmp_path: Path) -> None:
+    seen: dict[str, str] = {}
+    first = ingest(open_source(str(messy_folder)), "train", tmp_path, LIMITS, seen=seen, progress=False)
+    second = ingest(open_source(str(messy_folder)), "d_train", tmp_path, LIMITS, seen=seen, progress=False)
+    assert not second.records
+    assert second.reasons()["duplicate"] == len(first.records) + 1
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_manifest_sources(messy_folder: Path, tmp_path: Path, suffix: str) -> None:
+    rows = pd.DataFrame(
+        {
+            "path": ["alpha/good.png", str(messy_folder / "alpha/good.jpg"), "alpha/missing.png"],
+            "caption": ["one", "two", "three"],
+            "style": ["s1", "", "s3"],
+        }
+    )
+    manifest = messy_folder / f"manifest{suffix}"
+    {".csv": lambda: rows.to_csv(manifest, index=False),
+     ".jsonl": lambda: rows.to_json(manifest, orient="records", lines=True),
+     ".parquet": lambda: rows.to_parquet(manifest)}[suffix]()
+    try:
+        result = ingest(open_source(str(manifest)), "train", tmp_path, LIMITS, progress=False)
+    finally:
+        manifest.unlink()
+    assert [(r.caption, r.style) for r in result.records] == [("one", "s1"), ("two", None)]
+    assert [r.reason for r in result.rejections] == ["unreadable"]
+    assert "missing.png" in result.rejections[0].source
+
+
+def test_manifest_without_path_column_is_named(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("file,caption\na.png,x\n")
+    with pytest.raises(SourceError, match=r"m\.csv: manifest has no 'path' column"):
+        list(open_source(str(manifest)).items())
+
+
+def test_empty_style_folder_and_missing_source_are_named(tmp_path: Path) -> None:
+    (tmp_path / "styles" / "neon").mkdir(parents=True)
+    (tmp_path / "styles" / "mosaic").mkdir()
+    (tmp_path / "styles" / "mosaic" / "a.png").write_bytes(b"x")
+    with pytest.raises(SourceError, match=r"\['neon'\] hold no files"):
+        list(open_source(str(tmp_path / "styles")).items())
+    with pytest.raises(SourceError, match="no such folder or manifest"):
+        open_source(str(tmp_path / "nowhere"))
+
+
+def test_style_collections_reject_files_without_a_style(tmp_path: Path) -> None:
+    (tmp_path / "src" / "neon").mkdir(parents=True)
+    messy = messy_files()
+    (tmp_path / "src" / "loose.png").write_bytes(messy["alpha/good.png"][0])
+    (tmp_path / "src" / "neon" / "ok.jpg").write_bytes(messy["alpha/good.jpg"][0])
+    result = ingest(open_source(str(tmp_path / "src")), "styles", tmp_path / "out", LIMITS,
+                    require_style=True, progress=False)
+    assert [r.style for r in result.records] == ["neon"]
+    assert [r.reason for r in result.rejections] == ["no_style"]
+
+
+def test_rdm_ingest_prints_counts_by_reason(messy_folder: Path, tmp_path: Path, capsys) -> None:
+    from tests.support import REPO_ROOT
+
+    out = tmp_path / "checked"
+    code = main(["--params", str(REPO_ROOT / "params.yaml"), "ingest", str(messy_folder), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "16 files seen, 10 accepted, 6 rejected" in printed
+    for reason in ("truncated", "empty", "not_an_image", "too_small", "too_large", "duplicate"):
+        assert f"  {reason}" in printed
+    assert len(read_manifest(out / "manifest.parquet")) == 10
+    rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
+    assert {r["reason"] for r in rejected} == {"truncated", "empty", "not_an_image", "too_small",
+                                                "too_large", "duplicate"}
