@@ -13,9 +13,8 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="rdm-prefect-"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from tests.support import REPO_ROOT, messy_files
-
 from rdm.config import Config, load_config
+from tests.support import REPO_ROOT, messy_files
 
 TINY_GENERATE = {
     "image_size": 32,

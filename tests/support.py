@@ -70,5 +70,3 @@ def messy_files() -> dict[str, tuple[bytes, str | None]]:
         "beta/bomb.png": (_encode(bomb, "PNG", optimize=True), "too_large"),
         "beta/copy-of-good.png": (good_png, "duplicate"),
     }
-
-

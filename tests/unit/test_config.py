@@ -1,10 +1,10 @@
 from pathlib import Path
 
 import pytest
-from tests.conftest import REPO_ROOT
 
 from rdm.cli import main
 from rdm.config import Config, ConfigError, config_from_dict, load_config
+from tests.conftest import REPO_ROOT
 
 
 def error_for(data: dict) -> str:

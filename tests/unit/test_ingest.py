@@ -6,13 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from tests.support import MESSY_CAPTIONS, messy_files
 
 from rdm.cli import main
 from rdm.data.images import Limits
 from rdm.data.ingest import IngestResult, ingest
 from rdm.data.manifest import read_manifest
 from rdm.data.sources import SourceError, open_source
+from tests.support import MESSY_CAPTIONS, messy_files
 
 LIMITS = Limits(min_side=32, max_side=512, max_pixels=40_000_000)
 
@@ -88,9 +88,11 @@ def test_manifest_sources(messy_folder: Path, tmp_path: Path, suffix: str) -> No
         }
     )
     manifest = messy_folder / f"manifest{suffix}"
-    {".csv": lambda: rows.to_csv(manifest, index=False),
-     ".jsonl": lambda: rows.to_json(manifest, orient="records", lines=True),
-     ".parquet": lambda: rows.to_parquet(manifest)}[suffix]()
+    {
+        ".csv": lambda: rows.to_csv(manifest, index=False),
+        ".jsonl": lambda: rows.to_json(manifest, orient="records", lines=True),
+        ".parquet": lambda: rows.to_parquet(manifest),
+    }[suffix]()
     try:
         result = ingest(open_source(str(manifest)), "train", tmp_path, LIMITS, progress=False)
     finally:
@@ -122,8 +124,14 @@ def test_style_collections_reject_files_without_a_style(tmp_path: Path) -> None:
     messy = messy_files()
     (tmp_path / "src" / "loose.png").write_bytes(messy["alpha/good.png"][0])
     (tmp_path / "src" / "neon" / "ok.jpg").write_bytes(messy["alpha/good.jpg"][0])
-    result = ingest(open_source(str(tmp_path / "src")), "styles", tmp_path / "out", LIMITS,
-                    require_style=True, progress=False)
+    result = ingest(
+        open_source(str(tmp_path / "src")),
+        "styles",
+        tmp_path / "out",
+        LIMITS,
+        require_style=True,
+        progress=False,
+    )
     assert [r.style for r in result.records] == ["neon"]
     assert [r.reason for r in result.rejections] == ["no_style"]
 
@@ -140,5 +148,11 @@ def test_rdm_ingest_prints_counts_by_reason(messy_folder: Path, tmp_path: Path, 
         assert f"  {reason}" in printed
     assert len(read_manifest(out / "manifest.parquet")) == 10
     rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
-    assert {r["reason"] for r in rejected} == {"truncated", "empty", "not_an_image", "too_small",
-                                                "too_large", "duplicate"}
+    assert {r["reason"] for r in rejected} == {
+        "truncated",
+        "empty",
+        "not_an_image",
+        "too_small",
+        "too_large",
+        "duplicate",
+    }

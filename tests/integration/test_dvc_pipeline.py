@@ -1,0 +1,88 @@
+"""`dvc repro` in a temporary copy of this repository: runs, skips when nothing changed, reruns only
+what a param change touches, and round-trips through the default (local directory) remote."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import TINY_GENERATE
+from tests.support import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+@pytest.fixture
+def clone(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """The working tree as git sees it (tracked and unignored files), in a fresh git repository."""
+    repo = tmp_path / "repo"
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    for rel in listed:
+        if (REPO_ROOT / rel).is_file():
+            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_ROOT / rel, repo / rel)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["generate"].update(TINY_GENERATE)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = os.environ | {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "DVC_SITE_CACHE_DIR": str(tmp_path / "dvc-site"),
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.org",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.org",
+    }
+    run(["git", "init", "-q"], repo, env)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "clone"], repo, env)
+    run(["dvc", "remote", "modify", "local", "url", str(tmp_path / "remote")], repo, env)
+    return repo, env
+
+
+def test_repro_skips_when_unchanged_and_round_trips_the_remote(clone: tuple[Path, dict[str, str]]) -> None:
+    repo, env = clone
+    first = run(["dvc", "repro"], repo, env)
+    assert "Running stage 'generate'" in first and "Running stage 'prepare'" in first
+    manifest = repo / "data" / "prepared" / "train.parquet"
+    assert manifest.is_file()
+
+    started = time.perf_counter()
+    again = run(["dvc", "repro"], repo, env)
+    elapsed = time.perf_counter() - started
+    assert "Stage 'generate' didn't change, skipping" in again
+    assert "Stage 'prepare' didn't change, skipping" in again
+    assert elapsed < 3.0, f"no-op dvc repro took {elapsed:.2f} s"
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["prepare"]["min_side"] = 16
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = run(["dvc", "repro"], repo, env)
+    assert "Running stage 'prepare'" in changed and "Running stage 'generate'" not in changed
+
+    before = manifest.read_bytes()
+    run(["dvc", "push"], repo, env)
+    for generated in ("data/raw", "data/prepared", ".dvc/cache"):
+        shutil.rmtree(repo / generated)
+    run(["dvc", "pull"], repo, env)
+    assert manifest.read_bytes() == before
+    assert (
+        len(list((repo / "data" / "raw" / "train" / "images").glob("*.png"))) == TINY_GENERATE["train_images"]
+    )

@@ -1,0 +1,64 @@
+"""Ingestion from a bucket on a real S3 API (moto's server on 127.0.0.1), same checks as the folder."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pandas as pd
+import pytest
+from moto.server import ThreadedMotoServer
+
+from rdm.config import S3Params
+from rdm.data.ingest import ingest
+from rdm.data.sources import SourceError, open_source
+from tests.support import free_port, messy_files
+from tests.unit.test_ingest import LIMITS, check_messy_result
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Params]:
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield S3Params(endpoint_url=f"http://{host}:{port}", region="us-east-1")
+    finally:
+        server.stop()
+
+
+def upload_messy(params: S3Params, bucket: str, prefix: str) -> None:
+    client = boto3.client("s3", endpoint_url=params.endpoint_url, region_name=params.region)
+    client.create_bucket(Bucket=bucket)
+    for rel, (data, _) in messy_files().items():
+        client.put_object(Bucket=bucket, Key=f"{prefix}/{rel}", Body=data)
+
+
+def test_bucket_prefix_ingests_like_a_folder(s3: S3Params, tmp_path: Path) -> None:
+    upload_messy(s3, "art", "collections/v1")
+    out = tmp_path / "out"
+    result = ingest(
+        open_source("s3://art/collections/v1", s3), "styles", out, LIMITS, workers=4, progress=False
+    )
+    check_messy_result(result, out, lambda rel: f"s3://art/collections/v1/{rel}")
+
+
+def test_manifest_on_s3_resolves_relative_keys(s3: S3Params, tmp_path: Path) -> None:
+    upload_messy(s3, "art", "raw")
+    client = boto3.client("s3", endpoint_url=s3.endpoint_url, region_name=s3.region)
+    table = pd.DataFrame({"path": ["alpha/good.png", "beta/empty.jpg"], "caption": ["a", "b"]})
+    client.put_object(Bucket="art", Key="raw/manifest.csv", Body=table.to_csv(index=False).encode())
+    result = ingest(open_source("s3://art/raw/manifest.csv", s3), "train", tmp_path, LIMITS, progress=False)
+    assert [(r.source, r.caption) for r in result.records] == [("s3://art/raw/alpha/good.png", "a")]
+    assert [r.reason for r in result.rejections] == ["empty"]
+
+
+def test_empty_prefix_is_named(s3: S3Params) -> None:
+    boto3.client("s3", endpoint_url=s3.endpoint_url, region_name=s3.region).create_bucket(Bucket="art")
+    with pytest.raises(SourceError, match="s3://art/nothing: no objects under this prefix"):
+        list(open_source("s3://art/nothing", s3).items())
