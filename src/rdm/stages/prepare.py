@@ -75,13 +75,14 @@ def run(params: PrepareParams, s3: S3Params, progress: bool = True) -> dict[str,
     write_jsonl(
         Path(params.rejected), (r.as_dict() for result in results.values() for r in result.rejections)
     )
-    metrics = _metrics(results, 0 if prompts is None else len(prompts), time.perf_counter() - started)
+    metrics = _metrics(results, 0 if prompts is None else len(prompts))
     write_json(Path(params.metrics), metrics)
-    _print_summary(metrics, out, params)
+    _print_summary(metrics, out, params, time.perf_counter() - started)
     return metrics
 
 
-def _metrics(results: dict[str, IngestResult], prompts: int, seconds: float) -> dict[str, Any]:
+def _metrics(results: dict[str, IngestResult], prompts: int) -> dict[str, Any]:
+    """Counts only (no timings), so the same inputs give the same metrics file and dvc.lock."""
     rejected: Counter[str] = Counter()
     for result in results.values():
         rejected.update(result.reasons())
@@ -95,11 +96,10 @@ def _metrics(results: dict[str, IngestResult], prompts: int, seconds: float) -> 
         "total": total,
         "collections": dict(sorted(collections.items())),
         "prompts": prompts,
-        "seconds": round(seconds, 2),
     }
 
 
-def _print_summary(metrics: dict[str, Any], out: Path, params: PrepareParams) -> None:
+def _print_summary(metrics: dict[str, Any], out: Path, params: PrepareParams, seconds: float) -> None:
     for split in SPLITS:
         m = metrics[split]
         reasons = ", ".join(f"{n} {reason}" for reason, n in m["rejected"].items()) or "none"
@@ -109,7 +109,7 @@ def _print_summary(metrics: dict[str, Any], out: Path, params: PrepareParams) ->
         + ", ".join(f"{style} ({n})" for style, n in metrics["collections"].items())
     )
     print(
-        f"prepare: manifests and images in {out}/, metrics in {params.metrics}, "
+        f"prepare: done in {seconds:.1f} s; manifests and images in {out}/, metrics in {params.metrics}, "
         f"rejections in {params.rejected}"
     )
 
