@@ -27,6 +27,65 @@ def _prepare(config: Config, args: argparse.Namespace) -> None:
     prepare.run(config.prepare, config.s3)
 
 
+def _clip(config: Config, args: argparse.Namespace) -> None:
+    from rdm.stages import clip
+
+    clip.run(config.clip, Path(config.prepare.out))
+
+
+def _embed(config: Config, args: argparse.Namespace) -> None:
+    from rdm.stages import embed
+
+    embed.run(config.embed, config.store, Path(config.clip.out), Path(config.prepare.out))
+
+
+def _neighbors(config: Config, args: argparse.Namespace) -> None:
+    from rdm.stages import neighbors
+
+    neighbors.run(config.neighbors, config.embed, Path(config.clip.out), Path(config.prepare.out))
+
+
+def _collections(config: Config, args: argparse.Namespace) -> None:
+    from rdm.retrieval.store import open_store
+
+    with open_store(config.store) as store:
+        if args.action == "drop":
+            store.require(args.name)
+            store.drop(args.name)
+            print(f"dropped {args.name} from the {store.backend} store")
+            return
+        rows = [store.info(name) for name in store.list_collections()]
+    print(f"{'name':24s} {'backend':8s} {'points':>8s} {'dim':>5s}  clip")
+    for info in rows:
+        print(
+            f"{info.name:24s} {info.backend:8s} {info.points:8d} {info.dim:5d}  "
+            f"{info.clip_model} [{info.clip_fingerprint}]"
+        )
+    if not rows:
+        print(f"(no collections in {config.store.backend} store {config.store.path}; run `rdm embed`)")
+
+
+def _search(config: Config, args: argparse.Namespace) -> None:
+    from rdm.embedding.model import load
+    from rdm.retrieval.search import Retriever
+    from rdm.retrieval.store import open_store
+
+    clip = load(Path(config.clip.out), config.embed.device)
+    with open_store(config.store) as store:
+        retriever = Retriever(store, clip)
+        if args.text is not None:
+            (hits,) = retriever.by_text([args.text], args.collection, args.k)
+        else:
+            (hits,) = retriever.by_images([Path(args.image)], args.collection, args.k)
+    print(f"{'rank':>4s} {'score':>6s}  {'style':12s} {'caption':40s} id / path")
+    for rank, hit in enumerate(hits, 1):
+        p = hit.payload
+        print(
+            f"{rank:4d} {hit.score:6.3f}  {p.get('style')!s:12s} {str(p.get('caption'))[:40]:40s} "
+            f"{hit.id[:12]}  {p.get('path')}"
+        )
+
+
 def _ingest(config: Config, args: argparse.Namespace) -> None:
     """Ingest one source by hand, to check a folder (or manifest, or S3 prefix) before adding it."""
     from rdm.data.ingest import ingest
@@ -73,6 +132,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     prep = verbs.add_parser("prepare", help="ingest the configured sources into manifests (DVC stage)")
     prep.set_defaults(func=_prepare)
+
+    clp = verbs.add_parser("clip", help="load or train the CLIP model and measure its retrieval (DVC stage)")
+    clp.set_defaults(func=_clip)
+
+    emb = verbs.add_parser("embed", help="embed every prepared image and fill the collections (DVC stage)")
+    emb.set_defaults(func=_embed)
+
+    nbr = verbs.add_parser(
+        "neighbors", help="k nearest D_train neighbours of each training image (DVC stage)"
+    )
+    nbr.set_defaults(func=_neighbors)
+
+    col = verbs.add_parser("collections", help="list (or drop) the vector collections")
+    col.add_argument("action", nargs="?", choices=["list", "drop"], default="list")
+    col.add_argument("name", nargs="?", help="the collection to drop")
+    col.set_defaults(func=_collections)
+
+    sea = verbs.add_parser("search", help="nearest images of a text or an image in a collection")
+    query = sea.add_mutually_exclusive_group(required=True)
+    query.add_argument("--text", help="a text query, embedded with the CLIP text encoder")
+    query.add_argument("--image", help="an image file as the query")
+    sea.add_argument("--collection", required=True, help="e.g. d_train or style-neon (see `rdm collections`)")
+    sea.add_argument("-k", type=int, default=19, help="how many neighbours (default 19, as in the paper)")
+    sea.set_defaults(func=_search)
 
     ing = verbs.add_parser("ingest", help="check and ingest one folder, manifest or s3:// prefix by hand")
     ing.add_argument("source", help="a folder, a .csv/.jsonl/.parquet manifest, or s3://bucket/prefix")

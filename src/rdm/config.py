@@ -8,7 +8,7 @@ fails before any work starts, with a message that names the field.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -104,9 +104,80 @@ class S3Params(Section):
     max_attempts: PositiveInt = 5
 
 
+class ClipParams(Section):
+    """The CLIP model every embedding comes from: an open_clip model with pretrained weights, or,
+    with none at hand, a small CLIP trained here on the captioned training images."""
+
+    model: str = "rdm-tiny"
+    """An open_clip model name (`ViT-B-32`, `ViT-L-14`, ...) or the built-in demo size `rdm-tiny`."""
+    pretrained: str | None = None
+    """A pretrained tag (`laion2b_s34b_b79k`, `openai`) or a local weights file; null trains one."""
+    out: str = "models/clip"
+    metrics: str = "reports/clip.json"
+    holdout_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    """Share of captioned training images kept out of CLIP training to measure retrieval."""
+    seed: int = 0
+    epochs: PositiveInt = 40
+    batch_size: Annotated[int, Field(ge=2)] = 128
+    lr: Annotated[float, Field(gt=0.0)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.1
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class EmbedParams(Section):
+    """Embedding every prepared image and filling the collections."""
+
+    out: str = "data/embeddings"
+    metrics: str = "reports/embed.json"
+    batch_size: PositiveInt = 256
+    workers: Annotated[int, Field(ge=0, le=64)] = 2
+    """DataLoader worker processes that decode and resize images."""
+    chunk_size: PositiveInt = 2048
+    """Images embedded between two checkpoints: a killed run loses at most this many."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    rebuild_mismatched: bool = True
+    """A collection holding another CLIP's vectors is rebuilt (true) or refused with an error (false:
+    the safe choice for collections shared on a server)."""
+
+
+class StoreParams(Section):
+    """The vector database. `edge` runs Qdrant's engine in-process (one shard folder per
+    collection); `server` talks to a Qdrant server or cluster."""
+
+    backend: Literal["edge", "server"] = "edge"
+    path: str = "data/qdrant"
+    """Edge: the folder holding one shard folder per collection."""
+    url: str | None = None
+    """Server: e.g. http://127.0.0.1:6333 (or QDRANT_URL); `:memory:` runs qdrant-client's local toy."""
+    api_key: SecretStr | None = None
+    """Server: or QDRANT_API_KEY in the environment."""
+    exact_below: PositiveInt = 20_000
+    """Collections with fewer points are searched exactly; larger ones through HNSW."""
+    hnsw_m: Annotated[int, Field(ge=4, le=128)] = 16
+    hnsw_ef_construct: Annotated[int, Field(ge=8)] = 100
+    hnsw_ef: Annotated[int, Field(ge=8)] = 128
+
+
+class NeighborsParams(Section):
+    """The k nearest neighbours in D_train of every training image (the training context)."""
+
+    k: Annotated[int, Field(ge=1, le=64)] = 4
+    """The reference trained with 4 (ImageNet RDM) to 8 (LAION RDM)."""
+    duplicate_threshold: Annotated[float, Field(gt=0.0, le=1.0)] = 0.99
+    """Neighbours at least this cosine-similar to the query are near-duplicates and dropped."""
+    out: str = "data/neighbors/train.parquet"
+    metrics: str = "reports/neighbors.json"
+    batch_size: PositiveInt = 1024
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
 class Config(Section):
     generate: GenerateParams = GenerateParams()
     prepare: PrepareParams = PrepareParams()
+    clip: ClipParams = ClipParams()
+    embed: EmbedParams = EmbedParams()
+    store: StoreParams = StoreParams()
+    neighbors: NeighborsParams = NeighborsParams()
     s3: S3Params = S3Params()
 
     @model_validator(mode="after")

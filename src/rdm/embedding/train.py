@@ -1,0 +1,70 @@
+"""Training a small CLIP on captioned images, with open_clip's own model and contrastive loss.
+
+For sites with no pretrained weights (air-gapped, a domain of their own, our tests and demo).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from open_clip.loss import ClipLoss
+from tqdm import tqdm
+
+from rdm.config import ClipParams
+from rdm.embedding.encode import image_batches
+
+
+def load_pixels(paths: Sequence[Path], transform: Any, workers: int = 0) -> torch.Tensor:
+    """All images, preprocessed once: (N, 3, H, W). Small training sets fit in memory."""
+    return torch.cat(list(image_batches(paths, transform, batch_size=256, workers=workers)))
+
+
+def train_clip(
+    model: Any,
+    tokenizer: Any,
+    pixels: torch.Tensor,
+    captions: Sequence[str],
+    params: ClipParams,
+    device: torch.device,
+    progress: bool = True,
+) -> list[float]:
+    """Contrastive training in place; returns the mean loss of each epoch."""
+    tokens = tokenizer(list(captions))  # (N, context_length)
+    generator = torch.Generator().manual_seed(params.seed)
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    batch = min(params.batch_size, len(captions))
+    steps_per_epoch = max(1, len(captions) // batch)
+    total = params.epochs * steps_per_epoch
+    warmup = max(1, total // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / total))
+    )
+    loss_fn = ClipLoss()
+    history: list[float] = []
+    with tqdm(total=total, desc="train clip", unit="step", disable=not progress) as bar:
+        for _ in range(params.epochs):
+            order = torch.randperm(len(captions), generator=generator)
+            losses = []
+            for step in range(steps_per_epoch):
+                index = order[step * batch : (step + 1) * batch]
+                image_features, text_features, logit_scale = model(
+                    pixels[index].to(device), tokens[index].to(device)
+                )
+                loss = loss_fn(image_features, text_features, logit_scale)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                with torch.no_grad():  # as in CLIP: the temperature is clamped at 100
+                    model.logit_scale.clamp_(0, math.log(100))
+                losses.append(loss.item())
+                bar.update()
+            history.append(sum(losses) / len(losses))
+            bar.set_postfix(loss=f"{history[-1]:.3f}")
+    model.eval()
+    return history

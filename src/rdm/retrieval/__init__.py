@@ -1,0 +1,1 @@
+"""Vector collections (Qdrant Edge in-process, or a Qdrant server), neighbours and search."""

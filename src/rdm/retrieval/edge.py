@@ -1,0 +1,173 @@
+"""Qdrant Edge: the Qdrant engine in-process, one shard folder per collection.
+
+Layout: `<store.path>/<collection>/shard/` (the engine's files) and `collection.json` beside it
+(dimension and the CLIP the vectors came from). A shard reopens in another process once closed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qdrant_edge import (
+    CountRequest,
+    Distance,
+    EdgeConfig,
+    EdgeShard,
+    EdgeVectorParams,
+    HnswIndexConfig,
+    Point,
+    Query,
+    QueryBatchRequest,
+    QueryRequest,
+    ScrollRequest,
+    SearchParams,
+    UpdateOperation,
+)
+
+from rdm.config import StoreParams
+from rdm.embedding.model import ClipCard
+from rdm.retrieval.store import CollectionError, CollectionInfo, Hit, VectorStore, point_id
+
+META = "collection.json"
+UPSERT_BATCH = 5000
+
+
+class EdgeStore(VectorStore):
+    backend = "edge"
+
+    def __init__(self, params: StoreParams) -> None:
+        super().__init__(params)
+        self.root = Path(params.path)
+        self._shards: dict[str, EdgeShard] = {}
+
+    def list_collections(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / META).is_file() and (p / "shard").is_dir())
+
+    def _meta(self, name: str) -> dict[str, Any]:
+        path = self.root / name / META
+        if not path.is_file():
+            raise CollectionError(f"no collection {name!r} in the edge store ({self.root})")
+        meta: dict[str, Any] = json.loads(path.read_text())
+        return meta
+
+    def _points(self, name: str) -> int:
+        points: int = self._shard(name).info().points_count
+        return points
+
+    def info(self, name: str) -> CollectionInfo:
+        meta = self._meta(name)
+        points = self._shard(name).count(CountRequest(exact=True))
+        return CollectionInfo(
+            name=name,
+            backend=self.backend,
+            points=points,
+            dim=meta["dim"],
+            clip_model=meta["clip_model"],
+            clip_fingerprint=meta["clip_fingerprint"],
+        )
+
+    def _config(self, dim: int) -> EdgeConfig:
+        return EdgeConfig(
+            vectors={"": EdgeVectorParams(size=dim, distance=Distance.Cosine)},
+            hnsw_config=HnswIndexConfig(
+                m=self.params.hnsw_m,
+                ef_construct=self.params.hnsw_ef_construct,
+                full_scan_threshold=10_000,
+            ),
+        )
+
+    def _create(self, name: str, dim: int, card: ClipCard) -> None:
+        folder = self.root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        self._shards[name] = EdgeShard.create(str(folder / "shard"), self._config(dim))
+        meta = {"dim": dim, "clip_model": card.model, "clip_fingerprint": card.fingerprint}
+        (folder / META).write_text(json.dumps(meta, indent=2) + "\n")
+
+    def _shard(self, name: str) -> EdgeShard:
+        if name not in self._shards:
+            self._meta(name)
+            self._shards[name] = EdgeShard.load(str(self.root / name / "shard"))
+        return self._shards[name]
+
+    def upsert(
+        self, name: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
+    ) -> None:
+        shard = self._shard(name)
+        for start in range(0, len(ids), UPSERT_BATCH):
+            points = [
+                Point(point_id(image_id), vector.tolist(), payload)
+                for image_id, vector, payload in zip(
+                    ids[start : start + UPSERT_BATCH],
+                    vectors[start : start + UPSERT_BATCH],
+                    payloads[start : start + UPSERT_BATCH],
+                    strict=True,
+                )
+            ]
+            shard.update(UpdateOperation.upsert_points(points))
+        shard.flush()
+
+    def delete(self, name: str, ids: Sequence[str]) -> None:
+        if ids:
+            shard = self._shard(name)
+            shard.update(UpdateOperation.delete_points([point_id(i) for i in ids]))
+            shard.flush()
+
+    def ids(self, name: str) -> set[str]:
+        shard = self._shard(name)
+        found: set[str] = set()
+        offset = None
+        while True:
+            records, offset = shard.scroll(ScrollRequest(offset=offset, limit=10_000, with_payload=True))
+            found.update(str(r.payload["id"]) for r in records if r.payload)
+            if offset is None:
+                return found
+
+    def query(self, name: str, vectors: np.ndarray, k: int, with_vectors: bool = False) -> list[list[Hit]]:
+        shard = self._shard(name)
+        search = SearchParams(hnsw_ef=max(self.params.hnsw_ef, k), exact=self._exact(self._points(name)))
+        requests = [
+            QueryRequest(
+                limit=k,
+                query=Query.Nearest(v.tolist()),
+                with_payload=True,
+                with_vector=with_vectors,
+                params=search,
+            )
+            for v in np.asarray(vectors, dtype=np.float32)
+        ]
+        results = (
+            shard.query_batch(QueryBatchRequest(requests))
+            if len(requests) > 1
+            else [shard.query(requests[0])]
+            if requests
+            else []
+        )
+        return [[_hit(p, with_vectors) for p in points] for points in results]
+
+    def finish(self, name: str) -> None:
+        shard = self._shard(name)
+        shard.optimize()
+        shard.flush()
+
+    def drop(self, name: str) -> None:
+        if name in self._shards:
+            self._shards.pop(name).close()
+        shutil.rmtree(self.root / name, ignore_errors=True)
+
+    def close(self) -> None:
+        for shard in self._shards.values():
+            shard.close()
+        self._shards.clear()
+
+
+def _hit(point: Any, with_vectors: bool) -> Hit:
+    payload = dict(point.payload or {})
+    vector = np.asarray(point.vector, dtype=np.float32) if with_vectors and point.vector is not None else None
+    return Hit(id=str(payload.get("id", point.id)), score=float(point.score), payload=payload, vector=vector)

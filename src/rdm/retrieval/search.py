@@ -1,0 +1,54 @@
+"""Nearest neighbours of text, images or raw vectors in any collection: what later stages call.
+
+Queries are embedded with the same CLIP the collection was built with (checked), L2-normalised,
+and answered by the store; each hit carries the image id, score, payload and (on request) vector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from rdm.embedding.model import Clip
+from rdm.retrieval.store import Hit, VectorStore
+
+
+class Retriever:
+    def __init__(self, store: VectorStore, clip: Clip) -> None:
+        self.store = store
+        self.clip = clip
+
+    def by_vectors(
+        self, vectors: np.ndarray, collection: str, k: int, with_vectors: bool = False
+    ) -> list[list[Hit]]:
+        """(B, D) vectors (normalised here) -> k hits each, most similar first."""
+        info = self.store.require(collection)
+        self.store.check(info, self.clip.card)
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
+        return self.store.query(collection, vectors, k, with_vectors)
+
+    def by_text(
+        self, texts: Sequence[str], collection: str, k: int, with_vectors: bool = False
+    ) -> list[list[Hit]]:
+        vectors = self.clip.encode_text(list(texts)).cpu().numpy()
+        return self.by_vectors(vectors, collection, k, with_vectors)
+
+    def by_images(
+        self, images: Sequence[Image.Image | Path], collection: str, k: int, with_vectors: bool = False
+    ) -> list[list[Hit]]:
+        import torch
+
+        pixels = torch.stack([self.clip.preprocess(_rgb(image)) for image in images])
+        vectors = self.clip.encode_images(pixels).cpu().numpy()
+        return self.by_vectors(vectors, collection, k, with_vectors)
+
+
+def _rgb(image: Image.Image | Path) -> Image.Image:
+    if isinstance(image, Path):
+        with Image.open(image) as opened:
+            return opened.convert("RGB")
+    return image.convert("RGB")

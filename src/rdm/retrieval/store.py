@@ -1,0 +1,164 @@
+"""The small interface every vector backend implements, and the choice of backend from params.
+
+A collection holds one CLIP's vectors: it records the model name, weights fingerprint and
+dimension when created, and refuses vectors from any other CLIP before writing anything.
+Point ids are derived from the image id (the sha256 of its bytes), so writing is idempotent.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from rdm.config import StoreParams
+from rdm.embedding.model import ClipCard
+from rdm.errors import UserError
+
+POINT_NAMESPACE = uuid.UUID("5b0c8f0e-3f7a-4d7e-9a53-0c7f2f0e6a11")
+
+
+def point_id(image_id: str) -> str:
+    return str(uuid.uuid5(POINT_NAMESPACE, image_id))
+
+
+class CollectionError(UserError):
+    pass
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    """The image id (sha256 of its bytes)."""
+    score: float
+    """Cosine similarity to the query."""
+    payload: dict[str, Any]
+    vector: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    name: str
+    backend: str
+    points: int
+    dim: int
+    clip_model: str
+    clip_fingerprint: str
+
+
+class VectorStore(ABC):
+    """Collections of L2-normalised CLIP vectors with payloads, searched by cosine similarity."""
+
+    backend: str
+
+    def __init__(self, params: StoreParams) -> None:
+        self.params = params
+
+    @abstractmethod
+    def list_collections(self) -> list[str]: ...
+
+    @abstractmethod
+    def info(self, name: str) -> CollectionInfo:
+        """Raises CollectionError when `name` does not exist."""
+
+    @abstractmethod
+    def _create(self, name: str, dim: int, card: ClipCard) -> None: ...
+
+    @abstractmethod
+    def upsert(
+        self, name: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
+    ) -> None:
+        """Insert or replace points; `vectors` is (N, D), `payloads` carry at least `id`."""
+
+    @abstractmethod
+    def delete(self, name: str, ids: Sequence[str]) -> None: ...
+
+    @abstractmethod
+    def ids(self, name: str) -> set[str]:
+        """The image ids stored in `name`."""
+
+    @abstractmethod
+    def query(self, name: str, vectors: np.ndarray, k: int, with_vectors: bool = False) -> list[list[Hit]]:
+        """(B, D) queries -> for each, the k nearest points, most similar first."""
+
+    @abstractmethod
+    def drop(self, name: str) -> None: ...
+
+    @abstractmethod
+    def finish(self, name: str) -> None:
+        """Make the collection fast to search once a batch of writes is done (build indexes)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release files or connections."""
+
+    def exists(self, name: str) -> bool:
+        return name in self.list_collections()
+
+    def ensure(self, name: str, card: ClipCard) -> CollectionInfo:
+        """Create `name` for vectors of this CLIP, or check that the existing one holds them."""
+        if not self.exists(name):
+            self._create(name, card.embed_dim, card)
+        info = self.info(name)
+        self.check(info, card)
+        return info
+
+    @staticmethod
+    def matches(info: CollectionInfo, card: ClipCard) -> bool:
+        return (info.dim, info.clip_model, info.clip_fingerprint) == (
+            card.embed_dim,
+            card.model,
+            card.fingerprint,
+        )
+
+    def check(self, info: CollectionInfo, card: ClipCard) -> None:
+        if not self.matches(info, card):
+            raise CollectionError(
+                f"collection {info.name!r} ({self.backend}) holds {info.dim}-d vectors of CLIP "
+                f"{info.clip_model} [{info.clip_fingerprint}], but the current CLIP is {card.model} "
+                f"[{card.fingerprint}], {card.embed_dim}-d. Nothing was written. Re-embed into a new "
+                f"collection (`rdm collections drop {info.name}`, then `rdm embed`), or point clip back "
+                f"at the model it was built with."
+            )
+
+    def require(self, name: str) -> CollectionInfo:
+        if not self.exists(name):
+            known = ", ".join(self.list_collections()) or "none"
+            raise CollectionError(
+                f"no collection {name!r} in the {self.backend} store ({self.location}); "
+                f"collections here: {known}. Run `dvc repro embed` (or `rdm embed`) to build them."
+            )
+        return self.info(name)
+
+    @property
+    def location(self) -> str:
+        return self.params.path
+
+    def _exact(self, points: int) -> bool:
+        return points < self.params.exact_below
+
+    def __enter__(self) -> VectorStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_store(params: StoreParams) -> VectorStore:
+    """The backend named by `store.backend`: configuration, never code, chooses it."""
+    if params.backend == "edge":
+        from rdm.retrieval.edge import EdgeStore
+
+        return EdgeStore(params)
+    from rdm.retrieval.server import ServerStore
+
+    url = params.url or os.environ.get("QDRANT_URL")
+    if not url:
+        raise CollectionError("store.backend is 'server' but neither store.url nor QDRANT_URL is set")
+    api_key = params.api_key.get_secret_value() if params.api_key else os.environ.get("QDRANT_API_KEY")
+    return ServerStore(params, url, api_key)

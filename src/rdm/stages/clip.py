@@ -1,0 +1,92 @@
+"""`clip` stage: the CLIP model every embedding comes from, and how well it retrieves.
+
+With `clip.pretrained` set, the weights come from that tag or file; otherwise a small CLIP is
+trained on the captioned training images. Either way the model is written to `clip.out` as an
+open_clip local-dir folder, and held-out text-to-image retrieval is reported in `clip.metrics`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from rdm.config import ClipParams
+from rdm.data.manifest import read_manifest
+from rdm.embedding import model as clip_model
+from rdm.embedding.encode import encode_paths
+from rdm.embedding.evaluate import text_to_image_metrics
+from rdm.files import write_json
+
+
+def holdout_split(manifest: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Captioned rows split into (train, holdout), the same for the same ids and seed."""
+    captioned = manifest[manifest["caption"].notna()].sort_values("id").reset_index(drop=True)
+    if len(captioned) < 4:
+        raise clip_model.ClipError(f"only {len(captioned)} captioned training images; CLIP needs at least 4")
+    order = np.random.default_rng(seed).permutation(len(captioned))
+    n_holdout = max(2, round(len(captioned) * fraction))
+    return captioned.iloc[order[n_holdout:]], captioned.iloc[order[:n_holdout]]
+
+
+def run(params: ClipParams, prepared: Path, progress: bool = True) -> dict[str, Any]:
+    from rdm.embedding.train import load_pixels, train_clip
+
+    started = time.perf_counter()
+    manifest = read_manifest(prepared / "train.parquet")
+    train_rows, holdout_rows = holdout_split(manifest, params.holdout_fraction, params.seed)
+    torch.manual_seed(params.seed)  # the initial weights, when training
+    model, preprocess = clip_model.create(params.model, params.pretrained)
+    report: dict[str, Any] = {"model": params.model, "source": params.pretrained or "trained"}
+    if params.pretrained is None:
+        device = clip_model.resolve_device(params.device)
+        pixels = load_pixels([prepared / p for p in train_rows["path"]], preprocess)
+        tokenizer = _tokenizer(params.model)
+        history = train_clip(model, tokenizer, pixels, list(train_rows["caption"]), params, device, progress)
+        report |= {
+            "train_images": len(train_rows),
+            "epochs": params.epochs,
+            "final_loss": round(history[-1], 4),
+        }
+    card = clip_model.save(model.cpu(), params.model, report["source"], Path(params.out))
+
+    clip = clip_model.load(Path(params.out), params.device)
+    image_vectors = np.concatenate(
+        list(encode_paths(clip, [prepared / p for p in holdout_rows["path"]], 256, 0, "eval clip", progress))
+    )
+    text_vectors = clip.encode_text(list(holdout_rows["caption"])).cpu().numpy()
+    report |= text_to_image_metrics(
+        text_vectors,
+        image_vectors,
+        list(holdout_rows["caption"]),
+        list(holdout_rows["content"]),
+        list(holdout_rows["style"]),
+    )
+    report |= {"embed_dim": card.embed_dim, "fingerprint": card.fingerprint}
+    write_json(Path(params.metrics), report)
+    shown = {k: v for k, v in report.items() if "top" in k}
+    print(
+        f"clip: {card.model} ({card.source}), {card.embed_dim}-d, saved to {params.out}/ "
+        f"in {time.perf_counter() - started:.0f} s; held-out text->image: {shown}"
+    )
+    return report
+
+
+def _tokenizer(name: str) -> Any:
+    import open_clip
+
+    return open_clip.get_tokenizer(name)
+
+
+def main() -> int:
+    from rdm.cli import main as cli_main
+
+    return cli_main(["clip"])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

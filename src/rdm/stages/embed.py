@@ -1,0 +1,138 @@
+"""`embed` stage: every prepared image through CLIP, then into the collections.
+
+Embeddings go to `embed.out/<split>/` (resumable chunks: a rerun embeds only what is missing).
+Collections: `d_train` and one `style-<name>` per style, each point carrying the image id, path,
+caption, style and split. Writing a collection adds what is missing and removes what is no longer
+in the manifest, so the collection always ends equal to the manifest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rdm.config import EmbedParams, StoreParams
+from rdm.data.manifest import read_manifest
+from rdm.embedding import model as clip_model
+from rdm.embedding.encode import encode_paths
+from rdm.embedding.vectors import VectorChunks
+from rdm.files import write_json
+from rdm.retrieval.store import VectorStore, open_store
+
+SPLITS = ("train", "d_train", "styles")
+D_TRAIN = "d_train"
+
+
+def style_collection(style: str) -> str:
+    return f"style-{style}"
+
+
+def embed_split(
+    clip: clip_model.Clip,
+    manifest: pd.DataFrame,
+    prepared: Path,
+    chunks: VectorChunks,
+    params: EmbedParams,
+    split: str,
+    progress: bool = True,
+) -> int:
+    """Embed the rows not embedded yet, checkpointing every `chunk_size` images; returns how many."""
+    known = chunks.known_ids()
+    todo = manifest[~manifest["id"].isin(known)]
+    for start in range(0, len(todo), params.chunk_size):
+        rows = todo.iloc[start : start + params.chunk_size]
+        batches = encode_paths(
+            clip,
+            [prepared / p for p in rows["path"]],
+            params.batch_size,
+            params.workers,
+            desc=f"embed {split} {start}/{len(todo)}",
+            progress=progress,
+        )
+        chunks.append(list(rows["id"]), np.concatenate(list(batches)))
+    return len(todo)
+
+
+def fill_collection(
+    store: VectorStore,
+    name: str,
+    rows: pd.DataFrame,
+    chunks: VectorChunks,
+    card: clip_model.ClipCard,
+    prepared: Path,
+    rebuild_mismatched: bool = False,
+) -> dict[str, int]:
+    """Make collection `name` hold exactly `rows`; returns counts of what changed.
+
+    A collection built with another CLIP is refused before anything is written, or, with
+    `rebuild_mismatched`, dropped and built again.
+    """
+    if rebuild_mismatched and store.exists(name) and not store.matches(store.info(name), card):
+        print(f"embed: collection {name} holds another CLIP's vectors; rebuilding it")
+        store.drop(name)
+    store.ensure(name, card)
+    stored = store.ids(name)
+    wanted = set(rows["id"])
+    new = rows[~rows["id"].isin(stored)]
+    if len(new):
+        payloads = [
+            {
+                "id": r.id,
+                "path": str(prepared / r.path),
+                "caption": r.caption,
+                "style": r.style,
+                "split": r.split,
+            }
+            for r in new.itertuples()
+        ]
+        store.upsert(name, list(new["id"]), chunks.vectors_for(list(new["id"])), payloads)
+    removed = sorted(stored - wanted)
+    store.delete(name, removed)
+    store.finish(name)
+    return {"points": len(wanted), "added": len(new), "removed": len(removed)}
+
+
+def run(
+    params: EmbedParams, store_params: StoreParams, clip_dir: Path, prepared: Path, progress: bool = True
+) -> dict[str, Any]:
+    clip = clip_model.load(clip_dir, params.device)
+    manifests = {split: read_manifest(prepared / f"{split}.parquet") for split in SPLITS}
+    chunks = {split: VectorChunks(Path(params.out) / split, clip.card) for split in SPLITS}
+    report: dict[str, Any] = {"clip": clip.card.model, "fingerprint": clip.card.fingerprint, "embedded": {}}
+    for split in SPLITS:
+        report["embedded"][split] = embed_split(
+            clip, manifests[split], prepared, chunks[split], params, split, progress
+        )
+    collections = {D_TRAIN: (manifests["d_train"], chunks["d_train"])} | {
+        style_collection(style): (rows, chunks["styles"])
+        for style, rows in manifests["styles"].groupby("style", sort=True)
+    }
+    with open_store(store_params) as store:
+        report["collections"] = {
+            name: fill_collection(
+                store, name, rows, split_chunks, clip.card, prepared, params.rebuild_mismatched
+            )
+            for name, (rows, split_chunks) in collections.items()
+        }
+    write_json(Path(params.metrics), report)
+    embedded = ", ".join(f"{n} {s}" for s, n in report["embedded"].items())
+    print(f"embed: embedded {embedded} (the rest were already done) into {params.out}/")
+    for name, counts in report["collections"].items():
+        print(
+            f"embed: {store_params.backend} collection {name}: {counts['points']} points "
+            f"(+{counts['added']} -{counts['removed']})"
+        )
+    return report
+
+
+def main() -> int:
+    from rdm.cli import main as cli_main
+
+    return cli_main(["embed"])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
