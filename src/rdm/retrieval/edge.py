@@ -17,6 +17,7 @@ from qdrant_edge import (
     CountRequest,
     Distance,
     EdgeConfig,
+    EdgeOptimizersConfig,
     EdgeShard,
     EdgeVectorParams,
     HnswIndexConfig,
@@ -74,14 +75,22 @@ class EdgeStore(VectorStore):
         )
 
     def _config(self, dim: int) -> EdgeConfig:
+        # Qdrant sizes its thresholds in KiB of vectors: index once a segment outgrows `exact_below` points.
+        threshold_kb = max(1, self.params.exact_below * dim * 4 // 1024)
         return EdgeConfig(
             vectors={"": EdgeVectorParams(size=dim, distance=Distance.Cosine)},
             hnsw_config=HnswIndexConfig(
                 m=self.params.hnsw_m,
                 ef_construct=self.params.hnsw_ef_construct,
-                full_scan_threshold=10_000,
+                full_scan_threshold=threshold_kb,
             ),
+            optimizers=EdgeOptimizersConfig(indexing_threshold=threshold_kb),
         )
+
+    def indexed_points(self, name: str) -> int:
+        """Points reachable through the HNSW graph (0 while the collection is searched exactly)."""
+        indexed: int = self._shard(name).info().indexed_vectors_count
+        return indexed
 
     def _create(self, name: str, dim: int, card: ClipCard) -> None:
         folder = self.root / name

@@ -1,0 +1,168 @@
+"""prepare -> clip -> embed -> neighbors on a reduced demo, then what users do with the result:
+search by text, list collections, re-run, resume after a kill, refuse another CLIP's collection."""
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from rdm.cli import main
+from rdm.config import Config, load_config
+from rdm.data.demo.styles import STYLE_WORDS
+from rdm.data.manifest import read_manifest
+from rdm.embedding.model import ClipCard, read_card
+from rdm.embedding.vectors import VectorChunks
+from rdm.retrieval.store import CollectionError, open_store
+from rdm.stages import clip, embed, generate, neighbors, prepare
+from tests.support import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+REDUCED = {
+    "generate": {"train_images": 600, "d_train_images": 400, "style_images": 30, "eval_prompts": 5},
+    "clip": {"epochs": 25, "batch_size": 64},
+    "embed": {"chunk_size": 64, "workers": 0},
+}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Config]:
+    root = tmp_path_factory.mktemp("pipeline")
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    for section, values in REDUCED.items():
+        params[section].update(values)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with contextlib.chdir(root):
+        config = load_config("params.yaml")
+        generate.run(config.generate, progress=False)
+        prepare.run(config.prepare, config.s3, progress=False)
+        clip.run(config.clip, Path(config.prepare.out), progress=False)
+        embed.run(config.embed, config.store, Path(config.clip.out), Path(config.prepare.out), progress=False)
+        neighbors.run(config.neighbors, config.embed, Path(config.clip.out), Path(config.prepare.out), False)
+    return root, config
+
+
+@pytest.fixture
+def in_demo(demo: tuple[Path, Config], monkeypatch: pytest.MonkeyPatch) -> Config:
+    monkeypatch.chdir(demo[0])
+    return demo[1]
+
+
+def test_text_search_in_d_train_finds_the_named_style(in_demo: Config, capsys: pytest.CaptureFixture) -> None:
+    trained = [s for s in in_demo.generate.styles if s not in in_demo.generate.held_out_styles]
+    precision = {}
+    for style in trained:
+        assert (
+            main(
+                [
+                    "search",
+                    "--text",
+                    f"a red circle in the style of {STYLE_WORDS[style]}",
+                    "--collection",
+                    "d_train",
+                    "-k",
+                    "5",
+                ]
+            )
+            == 0
+        )
+        rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+        precision[style] = sum(row[2] == style for row in rows) / 5
+    assert np.mean(list(precision.values())) >= 0.6, precision
+
+
+def test_style_collection_search_and_listing(in_demo: Config, capsys: pytest.CaptureFixture) -> None:
+    assert main(["search", "--text", "a blue star", "--collection", "style-neon", "-k", "19"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert len(rows) == 19 and {row[2] for row in rows} == {"neon"}
+    assert all(Path(row[-1]).is_file() for row in rows)
+    assert main(["collections"]) == 0
+    listing = capsys.readouterr().out
+    for style in in_demo.generate.styles:
+        assert f"style-{style}" in listing
+    assert "d_train" in listing and " 400 " in listing
+
+
+def test_rerun_embeds_nothing(in_demo: Config) -> None:
+    report = embed.run(in_demo.embed, in_demo.store, Path(in_demo.clip.out), Path(in_demo.prepare.out), False)
+    assert report["embedded"] == {"train": 0, "d_train": 0, "styles": 0}
+    assert all(c["added"] == 0 and c["removed"] == 0 for c in report["collections"].values())
+
+
+def test_killed_embed_resumes_to_exactly_the_right_set(in_demo: Config, tmp_path: Path) -> None:
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["embed"]["out"] = str(tmp_path / "embeddings")
+    params["store"]["path"] = str(tmp_path / "qdrant")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    args = [sys.executable, "-m", "rdm.cli", "--params", str(tmp_path / "params.yaml"), "embed"]
+    process = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    chunks = tmp_path / "embeddings" / "train"
+    deadline = time.monotonic() + 120
+    while not list(chunks.glob("chunk-0000[2-9].npz")) and time.monotonic() < deadline:
+        assert process.poll() is None, "embed finished before it could be killed"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    done_before = len(VectorChunks(chunks, read_card(Path(in_demo.clip.out))).known_ids())
+    assert 0 < done_before < in_demo.generate.train_images
+
+    config = load_config(tmp_path / "params.yaml")
+    report = embed.run(config.embed, config.store, Path(config.clip.out), Path(config.prepare.out), False)
+    assert report["embedded"]["train"] == in_demo.generate.train_images - done_before
+    card = read_card(Path(config.clip.out))
+    for split in embed.SPLITS:
+        stored = [np.load(c)["ids"] for c in sorted((tmp_path / "embeddings" / split).glob("chunk-*.npz"))]
+        ids = np.concatenate(stored)
+        assert len(ids) == len(set(ids)), f"{split}: duplicate embeddings"
+        manifest = read_manifest(Path(config.prepare.out) / f"{split}.parquet")
+        assert set(ids) == set(manifest["id"])
+        np.testing.assert_allclose(
+            VectorChunks(tmp_path / "embeddings" / split, card).vectors_for(list(manifest["id"][:5])),
+            VectorChunks(Path(in_demo.embed.out) / split, card).vectors_for(list(manifest["id"][:5])),
+            atol=1e-5,
+        )
+    with open_store(config.store) as store:
+        assert store.ids("d_train") == set(read_manifest(Path(config.prepare.out) / "d_train.parquet")["id"])
+
+
+def test_another_clips_collection_is_refused_untouched(in_demo: Config, tmp_path: Path) -> None:
+    store_params = in_demo.store.model_copy(update={"path": str(tmp_path / "qdrant")})
+    stranger = ClipCard(model="ViT-B-32", source="openai", embed_dim=128, fingerprint="0123456789abcdef")
+    with open_store(store_params) as store:
+        store.ensure("d_train", stranger)
+        store.upsert("d_train", ["f" * 64], np.ones((1, 128), np.float32), [{"id": "f" * 64}])
+    params = in_demo.embed.model_copy(update={"rebuild_mismatched": False})
+    with pytest.raises(
+        CollectionError, match=r"'d_train'.*ViT-B-32 \[0123456789abcdef\].*Nothing was written"
+    ):
+        embed.run(params, store_params, Path(in_demo.clip.out), Path(in_demo.prepare.out), False)
+    with open_store(store_params) as store:
+        assert store.ids("d_train") == {"f" * 64}
+    rebuilt = embed.run(in_demo.embed, store_params, Path(in_demo.clip.out), Path(in_demo.prepare.out), False)
+    assert rebuilt["collections"]["d_train"] == {"points": 400, "added": 400, "removed": 0}
+
+
+def test_neighbors_are_the_exact_nearest_in_d_train(in_demo: Config) -> None:
+    table, meta = neighbors.read_neighbors(Path(in_demo.neighbors.out))
+    card = read_card(Path(in_demo.clip.out))
+    assert meta["k"] == in_demo.neighbors.k and meta["clip_fingerprint"] == card.fingerprint
+    train = read_manifest(Path(in_demo.prepare.out) / "train.parquet")
+    d_train = read_manifest(Path(in_demo.prepare.out) / "d_train.parquet")
+    queries = VectorChunks(Path(in_demo.embed.out) / "train", card).vectors_for(list(train["id"]))
+    database = VectorChunks(Path(in_demo.embed.out) / "d_train", card).vectors_for(list(d_train["id"]))
+    sims = queries @ database.T
+    sims[sims >= in_demo.neighbors.duplicate_threshold] = -np.inf
+    expected = np.argsort(-sims, axis=1)[:, : in_demo.neighbors.k]
+    got = np.array(table.column("neighbor_ids").to_pylist())
+    assert table.column("id").to_pylist() == list(train["id"])
+    agreement = np.mean(got == d_train["id"].to_numpy()[expected])
+    assert agreement > 0.999  # exact up to float ties

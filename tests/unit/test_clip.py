@@ -1,0 +1,67 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from rdm.config import Config
+from rdm.data.manifest import read_manifest
+from rdm.embedding import model as clip_model
+from rdm.embedding.train import load_pixels, train_clip
+from rdm.stages import clip, generate, prepare
+
+
+@pytest.fixture
+def prepared(tiny_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    generate.run(tiny_config.generate.model_copy(update={"image_size": 64}), progress=False)
+    prepare.run(tiny_config.prepare, tiny_config.s3, progress=False)
+    return Path(tiny_config.prepare.out)
+
+
+def test_unknown_model_and_weights_are_named(tmp_path: Path) -> None:
+    with pytest.raises(clip_model.ClipError, match=r"clip\.model: 'ViT-Imaginary'"):
+        clip_model.create("ViT-Imaginary")
+    with pytest.raises(clip_model.ClipError, match=r"clip\.pretrained: 'no-such-tag'.*tags: .*laion"):
+        clip_model.create("ViT-B-32", "no-such-tag")
+
+
+def test_weights_from_a_local_file(tiny_config: Config, prepared: Path, tmp_path: Path) -> None:
+    torch.manual_seed(7)
+    source, _ = clip_model.create("rdm-tiny")
+    weights = tmp_path / "my-clip.pt"
+    torch.save(source.state_dict(), weights)
+    params = tiny_config.clip.model_copy(update={"pretrained": str(weights)})
+    report = clip.run(params, prepared, progress=False)
+    assert report["source"] == str(weights) and "final_loss" not in report
+    loaded = clip_model.load(Path(params.out), "cpu")
+    assert loaded.card.source == str(weights) and loaded.card.embed_dim == 128
+    for name, tensor in source.state_dict().items():
+        torch.testing.assert_close(loaded.model.state_dict()[name], tensor)
+    assert {"content_top1", "content_top5", "holdout_images"} <= set(report)
+
+
+def test_training_lowers_the_contrastive_loss(tiny_config: Config, prepared: Path) -> None:
+    rows = read_manifest(prepared / "train.parquet")
+    model, preprocess = clip_model.create("rdm-tiny")
+    pixels = load_pixels([prepared / p for p in rows["path"]], preprocess)
+    import open_clip
+
+    params = tiny_config.clip.model_copy(update={"epochs": 60, "batch_size": 24, "lr": 2e-3})
+    history = train_clip(
+        model,
+        open_clip.get_tokenizer("rdm-tiny"),
+        pixels,
+        list(rows["caption"]),
+        params,
+        torch.device("cpu"),
+        progress=False,
+    )
+    assert history[-1] < 0.7 * history[0]
+
+
+def test_holdout_is_deterministic_and_disjoint(prepared: Path) -> None:
+    rows = read_manifest(prepared / "train.parquet")
+    train_a, hold_a = clip.holdout_split(rows, 0.25, seed=0)
+    train_b, hold_b = clip.holdout_split(rows.sample(frac=1, random_state=3), 0.25, seed=0)
+    assert list(hold_a["id"]) == list(hold_b["id"])
+    assert set(train_a["id"]).isdisjoint(hold_a["id"]) and len(train_a) + len(hold_a) == len(rows)

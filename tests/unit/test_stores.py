@@ -1,0 +1,141 @@
+"""One conformance suite for every vector backend: Qdrant Edge for real, and qdrant-client's
+`:memory:` mode standing in for a Qdrant server (same client API)."""
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rdm.config import StoreParams
+from rdm.embedding.model import ClipCard
+from rdm.retrieval.edge import EdgeStore
+from rdm.retrieval.store import CollectionError, VectorStore, open_store
+
+CARD = ClipCard(model="rdm-tiny", source="trained", embed_dim=16, fingerprint="aaaa")
+OTHER = ClipCard(model="ViT-B-32", source="openai", embed_dim=16, fingerprint="bbbb")
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def points(n: int, dim: int = 16, seed: int = 0) -> tuple[list[str], np.ndarray, list[dict]]:
+    vectors = unit(np.random.default_rng(seed).normal(size=(n, dim)))
+    ids = [f"{i:064x}" for i in range(n)]
+    return (
+        ids,
+        vectors,
+        [{"id": i, "style": "neon" if n % 2 else "mosaic", "n": n} for n, i in enumerate(ids)],
+    )
+
+
+@pytest.fixture(params=["edge", "server"])
+def store(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[VectorStore]:
+    if request.param == "server":
+        monkeypatch.setenv("QDRANT_URL", ":memory:")
+    with open_store(StoreParams(backend=request.param, path=str(tmp_path / "qdrant"), exact_below=1000)) as s:
+        yield s
+
+
+def test_create_upsert_query(store: VectorStore) -> None:
+    ids, vectors, payloads = points(50)
+    info = store.ensure("d_train", CARD)
+    assert (info.points, info.dim, info.clip_model, info.backend) == (0, 16, "rdm-tiny", store.backend)
+    store.upsert("d_train", ids, vectors, payloads)
+    store.finish("d_train")
+    assert store.list_collections() == ["d_train"]
+    assert store.info("d_train").points == 50
+    hits = store.query("d_train", vectors[[3, 7]], k=5, with_vectors=True)
+    assert [h.id for h in hits[0]][0] == ids[3] and [h.id for h in hits[1]][0] == ids[7]
+    assert hits[0][0].score == pytest.approx(1.0, abs=1e-4)
+    assert all(a.score >= b.score for a, b in zip(hits[0], hits[0][1:], strict=False))
+    assert hits[0][0].payload == payloads[3]
+    np.testing.assert_allclose(hits[0][0].vector, vectors[3], atol=1e-5)
+    exact = np.argsort(-(vectors[[3]] @ vectors.T)[0])[:5]
+    assert [h.id for h in hits[0]] == [ids[i] for i in exact]
+
+
+def test_upsert_is_idempotent_and_delete_removes(store: VectorStore) -> None:
+    ids, vectors, payloads = points(30)
+    store.ensure("c", CARD)
+    store.upsert("c", ids, vectors, payloads)
+    store.upsert("c", ids[:10], vectors[:10], payloads[:10])
+    assert store.info("c").points == 30 and store.ids("c") == set(ids)
+    store.delete("c", ids[:5])
+    assert store.ids("c") == set(ids[5:])
+
+
+def test_another_clip_is_refused_and_nothing_is_damaged(store: VectorStore) -> None:
+    ids, vectors, payloads = points(20)
+    store.ensure("style-neon", CARD)
+    store.upsert("style-neon", ids, vectors, payloads)
+    with pytest.raises(CollectionError, match=r"'style-neon'.*rdm-tiny \[aaaa\].*ViT-B-32 \[bbbb\]"):
+        store.ensure("style-neon", OTHER)
+    wider = ClipCard(model="rdm-tiny", source="trained", embed_dim=32, fingerprint="aaaa")
+    with pytest.raises(CollectionError, match="16-d"):
+        store.ensure("style-neon", wider)
+    assert store.ids("style-neon") == set(ids)
+
+
+def test_missing_collection_is_named(store: VectorStore) -> None:
+    store.ensure("d_train", CARD)
+    with pytest.raises(CollectionError, match=r"no collection 'style-x'.*collections here: d_train"):
+        store.require("style-x")
+
+
+def test_drop(store: VectorStore) -> None:
+    store.ensure("a", CARD)
+    store.ensure("b", CARD)
+    store.drop("a")
+    assert store.list_collections() == ["b"]
+
+
+def test_hnsw_above_the_threshold_keeps_recall(store: VectorStore) -> None:
+    centres = np.random.default_rng(1).normal(size=(40, 16))
+    rng = np.random.default_rng(2)
+    vectors = unit(centres[rng.integers(0, 40, 3000)] + 0.3 * rng.normal(size=(3000, 16)))
+    ids = [f"{i:064x}" for i in range(3000)]
+    store.ensure("big", CARD)
+    store.upsert("big", ids, vectors, [{"id": i} for i in ids])
+    store.finish("big")
+    if isinstance(store, EdgeStore):
+        assert store.indexed_points("big") == 3000  # really through HNSW, not a full scan
+    queries = unit(rng.normal(size=(50, 16)))
+    hits = store.query("big", queries, k=19)
+    exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :19]
+    recall = np.mean(
+        [
+            len({h.id for h in row} & {ids[j] for j in truth}) / 19
+            for row, truth in zip(hits, exact, strict=True)
+        ]
+    )
+    assert recall >= 0.95
+
+
+def test_edge_collection_reopens_in_another_process(tmp_path: Path) -> None:
+    params = StoreParams(backend="edge", path=str(tmp_path / "qdrant"))
+    ids, vectors, payloads = points(25)
+    with open_store(params) as store:
+        store.ensure("d_train", CARD)
+        store.upsert("d_train", ids, vectors, payloads)
+    code = (
+        "from rdm.config import StoreParams; from rdm.retrieval.store import open_store; import numpy as np\n"
+        f"s = open_store(StoreParams(backend='edge', path={str(tmp_path / 'qdrant')!r}))\n"
+        "print(s.info('d_train').points, s.query('d_train', np.eye(16, dtype=np.float32)[:1], 1)[0][0].payload['n'])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    expected = int(np.argmax(vectors[:, 0]))
+    assert out == ["25", str(expected)]
+
+
+def test_server_backend_needs_a_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("QDRANT_URL", raising=False)
+    with pytest.raises(CollectionError, match="QDRANT_URL"):
+        open_store(StoreParams(backend="server"))
