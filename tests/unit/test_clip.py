@@ -62,6 +62,6 @@ def test_training_lowers_the_contrastive_loss(tiny_config: Config, prepared: Pat
 def test_holdout_is_deterministic_and_disjoint(prepared: Path) -> None:
     rows = read_manifest(prepared / "train.parquet")
     train_a, hold_a = clip.holdout_split(rows, 0.25, seed=0)
-    train_b, hold_b = clip.holdout_split(rows.sample(frac=1, random_state=3), 0.25, seed=0)
+    _, hold_b = clip.holdout_split(rows.sample(frac=1, random_state=3), 0.25, seed=0)
     assert list(hold_a["id"]) == list(hold_b["id"])
     assert set(train_a["id"]).isdisjoint(hold_a["id"]) and len(train_a) + len(hold_a) == len(rows)

@@ -51,7 +51,7 @@ def test_create_upsert_query(store: VectorStore) -> None:
     assert store.list_collections() == ["d_train"]
     assert store.info("d_train").points == 50
     hits = store.query("d_train", vectors[[3, 7]], k=5, with_vectors=True)
-    assert [h.id for h in hits[0]][0] == ids[3] and [h.id for h in hits[1]][0] == ids[7]
+    assert hits[0][0].id == ids[3] and hits[1][0].id == ids[7]
     assert hits[0][0].score == pytest.approx(1.0, abs=1e-4)
     assert all(a.score >= b.score for a, b in zip(hits[0], hits[0][1:], strict=False))
     assert hits[0][0].payload == payloads[3]
@@ -126,7 +126,8 @@ def test_edge_collection_reopens_in_another_process(tmp_path: Path) -> None:
     code = (
         "from rdm.config import StoreParams; from rdm.retrieval.store import open_store; import numpy as np\n"
         f"s = open_store(StoreParams(backend='edge', path={str(tmp_path / 'qdrant')!r}))\n"
-        "print(s.info('d_train').points, s.query('d_train', np.eye(16, dtype=np.float32)[:1], 1)[0][0].payload['n'])"
+        "hit = s.query('d_train', np.eye(16, dtype=np.float32)[:1], 1)[0][0]\n"
+        "print(s.info('d_train').points, hit.payload['n'])"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
