@@ -25,6 +25,13 @@ demo: install  ## run the pipeline on the built-in demo data (dvc repro)
 	@echo "  data/raw/            generated artworks (train, d_train, styles/<style>, prompts.csv)"
 	@echo "  data/prepared/       checked images by sha256 and manifests: train, d_train, styles, prompts (.parquet)"
 	@echo "  reports/prepare.json ingestion counts;  reports/rejected.jsonl  every rejected file and why"
+	@echo "  models/clip/         the CLIP model (open_clip local-dir);  reports/clip.json  its held-out retrieval"
+	@echo "  data/embeddings/     CLIP vectors;  data/qdrant/  the collections;  data/neighbors/  training neighbours"
+	@echo
+	rdm collections
+	@echo
+	@echo 'Try: rdm search --text "a red star in the style of pointillism" --collection d_train -k 8'
+
 
 test: install  ## the whole suite, slow end-to-end tests included (what CI runs)
 	pytest

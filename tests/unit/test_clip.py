@@ -6,7 +6,7 @@ import torch
 from rdm.config import Config
 from rdm.data.manifest import read_manifest
 from rdm.embedding import model as clip_model
-from rdm.embedding.train import load_pixels, train_clip
+from rdm.embedding.train import load_images, train_clip
 from rdm.stages import clip, generate, prepare
 
 
@@ -42,15 +42,15 @@ def test_weights_from_a_local_file(tiny_config: Config, prepared: Path, tmp_path
 
 def test_training_lowers_the_contrastive_loss(tiny_config: Config, prepared: Path) -> None:
     rows = read_manifest(prepared / "train.parquet")
-    model, preprocess = clip_model.create("rdm-tiny")
-    pixels = load_pixels([prepared / p for p in rows["path"]], preprocess)
+    model, _ = clip_model.create("rdm-tiny")
+    images = load_images([prepared / p for p in rows["path"]], clip_model.image_size(model))
     import open_clip
 
     params = tiny_config.clip.model_copy(update={"epochs": 60, "batch_size": 24, "lr": 2e-3})
     history = train_clip(
         model,
         open_clip.get_tokenizer("rdm-tiny"),
-        pixels,
+        images,
         list(rows["caption"]),
         params,
         torch.device("cpu"),
@@ -65,3 +65,18 @@ def test_holdout_is_deterministic_and_disjoint(prepared: Path) -> None:
     _, hold_b = clip.holdout_split(rows.sample(frac=1, random_state=3), 0.25, seed=0)
     assert list(hold_a["id"]) == list(hold_b["id"])
     assert set(train_a["id"]).isdisjoint(hold_a["id"]) and len(train_a) + len(hold_a) == len(rows)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (100, 64), (64, 130), (33, 47)])
+def test_fast_preprocessing_matches_open_clip(size: tuple[int, int]) -> None:
+    """The batched uint8 path gives the same model input as open_clip's own transform."""
+    import numpy as np
+    from PIL import Image
+
+    from rdm.embedding.encode import to_uint8
+
+    model, preprocess = clip_model.create("rdm-tiny")
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    ours = clip_model.normalize_images(to_uint8(image, 64)[None], model, torch.device("cpu"))[0]
+    torch.testing.assert_close(ours, preprocess(image), atol=1e-5, rtol=0)

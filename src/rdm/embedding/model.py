@@ -59,12 +59,36 @@ class Clip:
             tokens = self.tokenizer(texts).to(self.device)
             return self.model.encode_text(tokens, normalize=True).float()
 
+    @property
+    def image_size(self) -> int:
+        return image_size(self.model)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return normalize_images(images, self.model, self.device)
+
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) preprocessed images -> (B, D) L2-normalised float32 embeddings."""
         import torch
 
         with torch.inference_mode(), _autocast(self.device):
             return self.model.encode_image(pixels.to(self.device), normalize=True).float()
+
+
+def image_size(model: Any) -> int:
+    """The square input side of a CLIP's image tower."""
+    size = model.visual.image_size
+    return int(size[0] if isinstance(size, tuple | list) else size)
+
+
+def normalize_images(images: torch.Tensor, model: Any, device: torch.device) -> torch.Tensor:
+    """(B, 3, H, W) uint8 -> the model's float input, exactly as open_clip's ToTensor + Normalize."""
+    import torch
+
+    visual = model.visual
+    mean = torch.tensor(getattr(visual, "image_mean", None) or _clip_mean(), device=device).view(1, 3, 1, 1)
+    std = torch.tensor(getattr(visual, "image_std", None) or _clip_std(), device=device).view(1, 3, 1, 1)
+    pixels = images.to(device, non_blocking=True).float().div_(255)
+    return pixels.sub_(mean).div_(std)
 
 
 def _autocast(device: torch.device) -> Any:

@@ -15,18 +15,19 @@ from open_clip.loss import ClipLoss
 from tqdm import tqdm
 
 from rdm.config import ClipParams
-from rdm.embedding.encode import image_batches
+from rdm.embedding.encode import uint8_batches
+from rdm.embedding.model import normalize_images
 
 
-def load_pixels(paths: Sequence[Path], transform: Any, workers: int = 0) -> torch.Tensor:
-    """All images, preprocessed once: (N, 3, H, W). Small training sets fit in memory."""
-    return torch.cat(list(image_batches(paths, transform, batch_size=256, workers=workers)))
+def load_images(paths: Sequence[Path], size: int, workers: int = 0) -> torch.Tensor:
+    """All images, decoded and cropped once: (N, 3, size, size) uint8. Small training sets fit in memory."""
+    return torch.cat(list(uint8_batches(paths, size, batch_size=256, workers=workers)))
 
 
 def train_clip(
     model: Any,
     tokenizer: Any,
-    pixels: torch.Tensor,
+    images: torch.Tensor,
     captions: Sequence[str],
     params: ClipParams,
     device: torch.device,
@@ -53,7 +54,7 @@ def train_clip(
             for step in range(steps_per_epoch):
                 index = order[step * batch : (step + 1) * batch]
                 image_features, text_features, logit_scale = model(
-                    pixels[index].to(device), tokens[index].to(device)
+                    normalize_images(images[index], model, device), tokens[index].to(device)
                 )
                 loss = loss_fn(image_features, text_features, logit_scale)
                 optimizer.zero_grad(set_to_none=True)

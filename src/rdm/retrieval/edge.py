@@ -45,6 +45,7 @@ class EdgeStore(VectorStore):
         super().__init__(params)
         self.root = Path(params.path)
         self._shards: dict[str, EdgeShard] = {}
+        self._counts: dict[str, int] = {}
 
     def list_collections(self) -> list[str]:
         if not self.root.is_dir():
@@ -59,8 +60,10 @@ class EdgeStore(VectorStore):
         return meta
 
     def _points(self, name: str) -> int:
-        points: int = self._shard(name).info().points_count
-        return points
+        """Point count, cached between writes: asking the shard costs more than a query."""
+        if name not in self._counts:
+            self._counts[name] = self._shard(name).info().points_count
+        return self._counts[name]
 
     def info(self, name: str) -> CollectionInfo:
         meta = self._meta(name)
@@ -105,6 +108,9 @@ class EdgeStore(VectorStore):
             self._shards[name] = EdgeShard.load(str(self.root / name / "shard"))
         return self._shards[name]
 
+    def _written(self, name: str) -> None:
+        self._counts.pop(name, None)
+
     def upsert(
         self, name: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
     ) -> None:
@@ -121,12 +127,14 @@ class EdgeStore(VectorStore):
             ]
             shard.update(UpdateOperation.upsert_points(points))
         shard.flush()
+        self._written(name)
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
         if ids:
             shard = self._shard(name)
             shard.update(UpdateOperation.delete_points([point_id(i) for i in ids]))
             shard.flush()
+            self._written(name)
 
     def ids(self, name: str) -> set[str]:
         shard = self._shard(name)
@@ -168,6 +176,7 @@ class EdgeStore(VectorStore):
     def drop(self, name: str) -> None:
         if name in self._shards:
             self._shards.pop(name).close()
+        self._written(name)
         shutil.rmtree(self.root / name, ignore_errors=True)
 
     def close(self) -> None:

@@ -70,7 +70,8 @@ class ServerStore(VectorStore):
             ),
             metadata={"clip_model": card.model, "clip_fingerprint": card.fingerprint},
         )
-        self.client.create_payload_index(physical, "style", models.PayloadSchemaType.KEYWORD)
+        if self.url != ":memory:":  # the local stand-in ignores payload indexes (and warns)
+            self.client.create_payload_index(physical, "style", models.PayloadSchemaType.KEYWORD)
         self.client.update_collection_aliases(
             change_aliases_operations=[
                 models.CreateAliasOperation(

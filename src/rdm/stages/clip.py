@@ -34,19 +34,19 @@ def holdout_split(manifest: pd.DataFrame, fraction: float, seed: int) -> tuple[p
 
 
 def run(params: ClipParams, prepared: Path, progress: bool = True) -> dict[str, Any]:
-    from rdm.embedding.train import load_pixels, train_clip
+    from rdm.embedding.train import load_images, train_clip
 
     started = time.perf_counter()
     manifest = read_manifest(prepared / "train.parquet")
     train_rows, holdout_rows = holdout_split(manifest, params.holdout_fraction, params.seed)
     torch.manual_seed(params.seed)  # the initial weights, when training
-    model, preprocess = clip_model.create(params.model, params.pretrained)
+    model, _ = clip_model.create(params.model, params.pretrained)
     report: dict[str, Any] = {"model": params.model, "source": params.pretrained or "trained"}
     if params.pretrained is None:
         device = clip_model.resolve_device(params.device)
-        pixels = load_pixels([prepared / p for p in train_rows["path"]], preprocess)
+        images = load_images([prepared / p for p in train_rows["path"]], clip_model.image_size(model))
         tokenizer = _tokenizer(params.model)
-        history = train_clip(model, tokenizer, pixels, list(train_rows["caption"]), params, device, progress)
+        history = train_clip(model, tokenizer, images, list(train_rows["caption"]), params, device, progress)
         report |= {
             "train_images": len(train_rows),
             "epochs": params.epochs,

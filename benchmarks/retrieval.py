@@ -1,0 +1,126 @@
+"""Retrieval speed and quality of the embedded store, against exact numpy and qdrant-client's
+local mode, all measured in this run on the same clustered vectors.
+
+    python benchmarks/retrieval.py [--points 100000] [--dim 512] [-k 19]
+
+Prints progress, then one JSON object as the last line:
+points, k, p50_ms, p99_ms, recall, numpy_exact_p50_ms, qdrant_local_p50_ms, neighbors_qps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from rdm.config import StoreParams
+from rdm.embedding.model import ClipCard
+from rdm.retrieval.neighbors import exact_neighbors
+from rdm.retrieval.server import ServerStore
+from rdm.retrieval.store import VectorStore, open_store
+
+
+def clustered(points: int, dim: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(max(10, points // 100), dim))
+    vectors = centres[rng.integers(0, len(centres), points)] + 0.5 * rng.normal(size=(points, dim))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def latencies_ms(search: Callable[[np.ndarray], object], queries: np.ndarray) -> np.ndarray:
+    times = []
+    for q in queries:
+        started = time.perf_counter()
+        search(q)
+        times.append((time.perf_counter() - started) * 1000)
+    return np.array(times)
+
+
+def fill(store: VectorStore, vectors: np.ndarray, card: ClipCard) -> float:
+    ids = [f"{i:064x}" for i in range(len(vectors))]
+    started = time.perf_counter()
+    store.ensure("bench", card)
+    store.upsert("bench", ids, vectors, [{"id": i} for i in ids])
+    store.finish("bench")
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--points", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("-k", type=int, default=19)
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--local-queries", type=int, default=20, help="qdrant-client local mode is slow")
+    parser.add_argument("--neighbor-queries", type=int, default=10_000)
+    args = parser.parse_args()
+
+    data = clustered(args.points + args.queries, args.dim)
+    database, queries = data[: args.points], data[args.points :]
+    card = ClipCard(model="bench", source="random", embed_dim=args.dim, fingerprint="bench")
+    truth = np.argsort(-(queries @ database.T), axis=1)[:, : args.k]
+
+    with tempfile.TemporaryDirectory() as folder:
+        params = StoreParams(backend="edge", path=folder, exact_below=10_000)
+        with open_store(params) as edge:
+            build_s = fill(edge, database, card)
+            print(f"edge: upsert + HNSW build of {args.points} x {args.dim} in {build_s:.1f} s")
+            cold_ms = latencies_ms(lambda q: edge.query("bench", q[None], args.k), queries)
+            edge_ms = latencies_ms(
+                lambda q: edge.query("bench", q[None], args.k), queries
+            )  # warm: pages cached
+            hits = [edge.query("bench", q[None], args.k)[0] for q in queries]
+        found = [{int(h.id, 16) for h in row} for row in hits]
+        recall = float(
+            np.mean([len(f & set(t.tolist())) / args.k for f, t in zip(found, truth, strict=True)])
+        )
+    print(
+        f"edge: p50 {np.percentile(edge_ms, 50):.3f} ms, p99 {np.percentile(edge_ms, 99):.3f} ms, "
+        f"recall@{args.k} {recall:.4f} (first, cold pass: p50 {np.percentile(cold_ms, 50):.3f} ms)"
+    )
+
+    def numpy_exact(q: np.ndarray) -> np.ndarray:
+        scores = database @ q
+        top = np.argpartition(-scores, args.k)[: args.k]
+        return top[np.argsort(-scores[top])]
+
+    latencies_ms(numpy_exact, queries)
+    numpy_ms = latencies_ms(numpy_exact, queries)
+    print(f"numpy exact: p50 {np.percentile(numpy_ms, 50):.3f} ms")
+
+    local = ServerStore(StoreParams(backend="server"), ":memory:", None)
+    local_build_s = fill(local, database, card)
+    local_ms = latencies_ms(lambda q: local.query("bench", q[None], args.k), queries[: args.local_queries])
+    local.close()
+    print(f"qdrant-client local mode: upload {local_build_s:.1f} s, p50 {np.percentile(local_ms, 50):.1f} ms")
+
+    bulk = database[: args.neighbor_queries]
+    started = time.perf_counter()
+    exact_neighbors(bulk, database, args.k, duplicate_threshold=0.999, batch_size=1024)
+    neighbors_qps = len(bulk) / (time.perf_counter() - started)
+    print(f"neighbors (exact torch matmul): {neighbors_qps:.0f} queries/s against {args.points}")
+
+    print(
+        json.dumps(
+            {
+                "points": args.points,
+                "k": args.k,
+                "p50_ms": round(float(np.percentile(edge_ms, 50)), 4),
+                "p99_ms": round(float(np.percentile(edge_ms, 99)), 4),
+                "recall": round(recall, 4),
+                "numpy_exact_p50_ms": round(float(np.percentile(numpy_ms, 50)), 4),
+                "qdrant_local_p50_ms": round(float(np.percentile(local_ms, 50)), 4),
+                "neighbors_qps": round(neighbors_qps, 1),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
