@@ -117,7 +117,16 @@ def run(
             )
             for name, (rows, split_chunks) in collections.items()
         }
-    write_json(Path(params.metrics), report)
+    # The metrics file holds only what the inputs determine (not what this particular run had to do).
+    write_json(
+        Path(params.metrics),
+        {
+            "clip": report["clip"],
+            "fingerprint": report["fingerprint"],
+            "vectors": {split: len(manifests[split]) for split in SPLITS},
+            "collections": {name: c["points"] for name, c in report["collections"].items()},
+        },
+    )
     embedded = ", ".join(f"{n} {s}" for s, n in report["embedded"].items())
     print(f"embed: embedded {embedded} (the rest were already done) into {params.out}/")
     for name, counts in report["collections"].items():
