@@ -50,18 +50,17 @@ def main() -> None:
             root / "raw",
             progress=False,
         )
-        prep = PrepareParams(
-            out=str(root / "prepared"), metrics=str(root / "p.json"), rejected=str(root / "r.jsonl")
-        ).model_copy(
-            update={
-                "sources": PrepareParams().sources.model_copy(
-                    update={
-                        "train": str(root / "raw/train/manifest.csv"),
-                        "d_train": str(root / "raw/d_train/manifest.csv"),
-                        "styles": str(root / "raw/styles"),
-                        "prompts": None,
-                    }
-                )
+        prep = PrepareParams.model_validate(
+            {
+                "out": str(root / "prepared"),
+                "metrics": str(root / "prepare.json"),
+                "rejected": str(root / "rejected.jsonl"),
+                "sources": {
+                    "train": str(root / "raw/train/manifest.csv"),
+                    "d_train": str(root / "raw/d_train/manifest.csv"),
+                    "styles": str(root / "raw/styles"),
+                    "prompts": None,
+                },
             }
         )
         prepare.run(prep, S3Params(), progress=False)
