@@ -113,7 +113,10 @@ class FolderSource(Source):
             yield SourceItem(location=str(root / rel), caption=caption, style=_style_of(rel))
 
 
-def _read_table(data: bytes | Path, suffix: str, name: str) -> pd.DataFrame:
+def read_table(data: bytes | Path, suffix: str, name: str, required: str = "path") -> pd.DataFrame:
+    """A .csv, .jsonl or .parquet table (from a file or bytes) that must have the `required` column."""
+    if suffix not in MANIFEST_SUFFIXES:
+        raise SourceError(f"{name}: tables must be {', '.join(MANIFEST_SUFFIXES)}")
     buffer = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
         if suffix == ".csv":
@@ -124,8 +127,8 @@ def _read_table(data: bytes | Path, suffix: str, name: str) -> pd.DataFrame:
             table = pd.read_parquet(buffer)
     except Exception as exc:
         raise SourceError(f"{name}: cannot read manifest: {exc}") from None
-    if "path" not in table.columns:
-        raise SourceError(f"{name}: manifest has no 'path' column (columns: {list(table.columns)})")
+    if required not in table.columns:
+        raise SourceError(f"{name}: manifest has no '{required}' column (columns: {list(table.columns)})")
     return table
 
 
@@ -150,7 +153,7 @@ def _manifest_items(table: pd.DataFrame, resolve: Any) -> Iterator[SourceItem]:
 class ManifestSource(Source):
     def items(self) -> Iterator[SourceItem]:
         path = Path(self.spec)
-        table = _read_table(path, path.suffix.lower(), self.spec)
+        table = read_table(path, path.suffix.lower(), self.spec)
 
         def resolve(p: str) -> str:
             return p if is_s3_uri(p) or Path(p).is_absolute() else str(path.parent / p)
@@ -182,7 +185,7 @@ class S3Source(Source):
             yield from self._folder_items()
 
     def _manifest_items(self, suffix: str) -> Iterator[SourceItem]:
-        table = _read_table(self.read(self.spec), suffix, self.spec)
+        table = read_table(self.read(self.spec), suffix, self.spec)
         folder = PurePosixPath(self.key).parent
 
         def resolve(p: str) -> str:

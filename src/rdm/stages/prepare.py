@@ -19,7 +19,7 @@ from rdm.config import PrepareParams, S3Params
 from rdm.data.images import Limits
 from rdm.data.ingest import IngestResult, ingest
 from rdm.data.manifest import write_manifest
-from rdm.data.sources import SourceError, open_source
+from rdm.data.sources import SourceError, open_source, read_table
 from rdm.files import atomic_write_bytes, write_json, write_jsonl
 
 SPLITS = ("train", "d_train", "styles")
@@ -34,17 +34,7 @@ def read_prompts(spec: str) -> pd.DataFrame:
     path = Path(spec)
     if not path.is_file():
         raise SourceError(f"{spec}: no prompts file; fix prepare.sources.prompts or set it to null")
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    elif suffix in (".jsonl", ".json"):
-        table = pd.read_json(path, lines=True, dtype=False)
-    elif suffix == ".parquet":
-        table = pd.read_parquet(path)
-    else:
-        raise SourceError(f"{spec}: prompts must be .csv, .jsonl or .parquet")
-    if "prompt" not in table.columns:
-        raise SourceError(f"{spec}: no 'prompt' column (columns: {list(table.columns)})")
+    table = read_table(path, path.suffix.lower(), spec, required="prompt")
     return table.astype(str)
 
 
