@@ -78,7 +78,7 @@ def main() -> None:
             chunk_size=len(manifest),
         )
 
-        from rdm.embedding.train import load_images
+        from rdm.embedding.encode import load_images
 
         ready = clip.normalize(load_images([prepared / p for p in manifest["path"]], clip.image_size))
 

@@ -13,24 +13,16 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="rdm-prefect-"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from rdm.config import Config, load_config
-from tests.support import REPO_ROOT, messy_files
+import yaml
 
-TINY_GENERATE = {
-    "image_size": 32,
-    "train_images": 24,
-    "d_train_images": 24,
-    "style_images": 6,
-    "eval_prompts": 5,
-}
+from rdm.config import Config, config_from_dict
+from tests.support import REPO_ROOT, TINY, deep_update, messy_files
 
 
 @pytest.fixture
 def tiny_config() -> Config:
-    """The project's own params.yaml with the demo shrunk to a few dozen images."""
-    config = load_config(REPO_ROOT / "params.yaml")
-    generate = config.generate.model_copy(update=TINY_GENERATE)
-    return config.model_copy(update={"generate": generate})
+    """The project's own params.yaml with the demo shrunk to a few dozen images and training steps."""
+    return config_from_dict(deep_update(yaml.safe_load((REPO_ROOT / "params.yaml").read_text()), TINY))
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,43 @@ from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+TINY = {
+    "generate": {
+        "image_size": 32,
+        "train_images": 24,
+        "d_train_images": 24,
+        "style_images": 6,
+        "eval_prompts": 5,
+    },
+    "autoencoder": {
+        "image_size": 32,
+        "block_out_channels": [8, 16, 16],
+        "steps": 20,
+        "batch_size": 8,
+        "scale_batches": 2,
+    },
+    "train": {
+        "unet": {"block_out_channels": [32, 32], "cross_attention": [False, True]},
+        "batch_size": 8,
+        "max_steps": 12,
+        "val_images": 4,
+        "val_every_n_steps": 6,
+        "checkpoint_every_n_steps": 4,
+        "sample_steps": 2,
+        "log_every_n_steps": 2,
+        "warmup_steps": 2,
+    },
+}
+"""The project's params shrunk to a few dozen images and a few training steps (tests and CI)."""
+
+
+def deep_update(base: dict, changes: dict) -> dict:
+    """`base` with `changes` merged in, section by section (nested dicts merged, other values replaced)."""
+    merged = dict(base)
+    for key, value in changes.items():
+        merged[key] = deep_update(base.get(key, {}), value) if isinstance(value, dict) else value
+    return merged
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -45,6 +45,18 @@ def _neighbors(config: Config, args: argparse.Namespace) -> None:
     neighbors.run(config.neighbors, config.embed, Path(config.clip.out), Path(config.prepare.out))
 
 
+def _autoencoder(config: Config, args: argparse.Namespace) -> None:
+    from rdm.stages import autoencoder
+
+    autoencoder.run(config.autoencoder, Path(config.prepare.out))
+
+
+def _train(config: Config, args: argparse.Namespace) -> None:
+    from rdm.stages import train
+
+    train.run(config)
+
+
 def _collections(config: Config, args: argparse.Namespace) -> None:
     from rdm.retrieval.store import open_store
 
@@ -143,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
         "neighbors", help="k nearest D_train neighbours of each training image (DVC stage)"
     )
     nbr.set_defaults(func=_neighbors)
+
+    aut = verbs.add_parser("autoencoder", help="load or train the KL autoencoder, cache latents (DVC stage)")
+    aut.set_defaults(func=_autoencoder)
+
+    trn = verbs.add_parser("train", help="train the retrieval-conditioned diffusion model (DVC stage)")
+    trn.set_defaults(func=_train)
 
     col = verbs.add_parser("collections", help="list (or drop) the vector collections")
     col.add_argument("action", nargs="?", choices=["list", "drop"], default="list")

@@ -173,6 +173,126 @@ class NeighborsParams(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
+class AutoencoderParams(Section):
+    """The KL autoencoder the diffusion runs in: a pretrained diffusers `AutoencoderKL` folder (Stable
+    Diffusion's VAE, for one), or, with none at hand, a small one trained here on the training images."""
+
+    pretrained: str | None = None
+    """A local diffusers AutoencoderKL folder (config.json + weights); null trains one."""
+    out: str = "models/autoencoder"
+    metrics: str = "reports/autoencoder.json"
+    latents: str | None = "data/latents/train.npz"
+    """Where the training images' latents are cached (both flips); null encodes on the fly in training."""
+    image_size: Annotated[int, Field(ge=16, le=1024)] = 64
+    """Training images are resized and centre-cropped to this side; latents are 2**(levels-1) smaller."""
+    block_out_channels: list[PositiveInt] = Field(default_factory=lambda: [16, 32, 32])
+    """Channels per level when training; three levels give a 4x smaller latent (the reference's f=4)."""
+    layers_per_block: PositiveInt = 1
+    latent_channels: PositiveInt = 4
+    steps: PositiveInt = 500
+    batch_size: PositiveInt = 16
+    lr: Annotated[float, Field(gt=0.0)] = 3e-3
+    kl_weight: Annotated[float, Field(ge=0.0)] = 1e-6
+    """Weight of the KL term against the L1 reconstruction loss (the reference's 1e-6)."""
+    scale_batches: PositiveInt = 8
+    """Batches of training latents whose std sets the latent scale factor (1/std: LDM's scale_by_std)."""
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _latent_fits(self) -> AutoencoderParams:
+        factor = 2 ** (len(self.block_out_channels) - 1)
+        if self.image_size % factor:
+            raise ValueError(
+                f"image_size ({self.image_size}) must be divisible by the downsampling factor {factor} "
+                f"of {len(self.block_out_channels)} levels in block_out_channels"
+            )
+        return self
+
+
+class UNetParams(Section):
+    """The denoising UNet (diffusers UNet2DConditionModel). The defaults are the demo size, which trains
+    in minutes on 2 CPU cores; README "Model sizes" gives the paper-like 400M setting for GPUs."""
+
+    block_out_channels: list[PositiveInt] = Field(default_factory=lambda: [32, 64, 128])
+    cross_attention: list[bool] = Field(default_factory=lambda: [False, True, True])
+    """Per level: whether it reads the retrieved context through cross-attention (the reference: every
+    level but the first)."""
+    layers_per_block: PositiveInt = 1
+    head_channels: PositiveInt = 32
+    """Channels per attention head (the reference's num_head_channels)."""
+    norm_groups: PositiveInt = 32
+
+    @model_validator(mode="after")
+    def _one_flag_per_level(self) -> UNetParams:
+        if len(self.cross_attention) != len(self.block_out_channels):
+            raise ValueError(
+                f"cross_attention has {len(self.cross_attention)} entries but block_out_channels has "
+                f"{len(self.block_out_channels)} levels: give one true/false per level"
+            )
+        bad = [c for c in self.block_out_channels if c % self.norm_groups or c % self.head_channels]
+        if bad:
+            raise ValueError(
+                f"block_out_channels {bad} must be multiples of norm_groups ({self.norm_groups}) "
+                f"and head_channels ({self.head_channels})"
+            )
+        return self
+
+
+class TrainParams(Section):
+    """Training the retrieval-conditioned diffusion model with Lightning."""
+
+    unet: UNetParams = UNetParams()
+    k: Annotated[int, Field(ge=0, le=64)] = 4
+    """Neighbours in the training context (the reference: 4); at most neighbors.k."""
+    p_uncond: Fraction = 0.1
+    """Share of examples whose whole context is zeroed, so classifier-free guidance has a trained null."""
+    flip: bool = True
+    """Random horizontal flips."""
+    batch_size: PositiveInt = 32
+    max_steps: PositiveInt = 1500
+    lr: Annotated[float, Field(gt=0.0)] = 4e-4
+    warmup_steps: Annotated[int, Field(ge=0)] = 100
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.01
+    grad_clip: Annotated[float, Field(gt=0.0)] = 1.0
+    ema_decay: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.995
+    val_images: Annotated[int, Field(ge=1)] = 32
+    """Training images kept apart for the validation loss and the sample grids."""
+    val_every_n_steps: PositiveInt = 250
+    """How often the validation loss is measured and a grid of samples (EMA weights) is logged."""
+    log_every_n_steps: PositiveInt = 10
+    """How often losses, learning rate and throughput go to MLflow (sent asynchronously)."""
+    sample_steps: PositiveInt = 25
+    """DDIM steps for the logged sample grids."""
+    guidance_scale: Annotated[float, Field(ge=1.0)] = 3.0
+    checkpoint_every_n_steps: PositiveInt = 100
+    checkpoints: str = "models/checkpoints"
+    out: str = "models/rdm"
+    metrics: str = "reports/train.json"
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
+    """auto: bf16-mixed on a GPU, 32-true on a CPU."""
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    devices: PositiveInt | Literal["auto"] = 1
+    """More than one runs DDP (gloo on CPUs, NCCL on GPUs)."""
+    num_nodes: PositiveInt = 1
+    workers: Annotated[int, Field(ge=0, le=64)] = 0
+    seed: int = 0
+
+
+class TrackingParams(Section):
+    """MLflow: where runs, metrics, images and the registered model go."""
+
+    tracking_uri: str = "sqlite:///mlflow.db"
+    """MLFLOW_TRACKING_URI overrides it (e.g. http://127.0.0.1:5000 for `make services`)."""
+    experiment: str = "rdm"
+    registered_model: str = "rdm"
+    alias: str = "latest"
+    """The alias the new version gets; `latest` is MLflow's own, always the newest version
+    (`models:/rdm@latest`); another name (`champion`) is moved to each new version."""
+    enabled: bool = True
+    """false trains without MLflow (no logger, nothing registered)."""
+
+
 class Config(Section):
     generate: GenerateParams = GenerateParams()
     prepare: PrepareParams = PrepareParams()
@@ -180,6 +300,9 @@ class Config(Section):
     embed: EmbedParams = EmbedParams()
     store: StoreParams = StoreParams()
     neighbors: NeighborsParams = NeighborsParams()
+    autoencoder: AutoencoderParams = AutoencoderParams()
+    train: TrainParams = TrainParams()
+    tracking: TrackingParams = TrackingParams()
     s3: S3Params = S3Params()
 
     @model_validator(mode="after")
@@ -188,6 +311,11 @@ class Config(Section):
             raise ValueError(
                 f"generate.image_size ({self.generate.image_size}) is below prepare.min_side "
                 f"({self.prepare.min_side}): every demo image would be rejected as too small"
+            )
+        if self.train.k > self.neighbors.k:
+            raise ValueError(
+                f"train.k ({self.train.k}) is more than neighbors.k ({self.neighbors.k}): "
+                "raise neighbors.k or lower train.k"
             )
         return self
 

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mlflow import MlflowClient
 
-from tests.conftest import TINY_GENERATE
-from tests.support import REPO_ROOT
+from tests.support import REPO_ROOT, TINY, deep_update
+
+TINY_GENERATE = TINY["generate"]
 
 pytestmark = pytest.mark.slow
 
@@ -38,8 +40,7 @@ def clone(tmp_path: Path) -> tuple[Path, dict[str, str]]:
         if (REPO_ROOT / rel).is_file():
             (repo / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO_ROOT / rel, repo / rel)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["generate"].update(TINY_GENERATE)
+    params = deep_update(yaml.safe_load((repo / "params.yaml").read_text()), TINY)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = os.environ | {
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -63,6 +64,15 @@ def test_repro_skips_when_unchanged_and_round_trips_the_remote(clone: tuple[Path
     assert "Running stage 'generate'" in first and "Running stage 'prepare'" in first
     manifest = repo / "data" / "prepared" / "train.parquet"
     assert manifest.is_file()
+    assert "Running stage 'train'" in first and (repo / "models" / "rdm" / "rdm.json").is_file()
+    # the MLflow run records the DVC versions of its data and the commit it ran from
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    neighbors_md5 = lock["stages"]["neighbors"]["outs"][0]["md5"]
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    (mlflow_run,) = client.search_runs([client.get_experiment_by_name("rdm").experiment_id])
+    assert mlflow_run.data.tags["data.neighbors.md5"] == neighbors_md5
+    head = run(["git", "rev-parse", "HEAD"], repo, env).strip()
+    assert mlflow_run.data.tags["mlflow.source.git.commit"] == head
 
     started = time.perf_counter()
     again = run(["dvc", "repro"], repo, env)

@@ -6,7 +6,8 @@ import torch
 from rdm.config import Config
 from rdm.data.manifest import read_manifest
 from rdm.embedding import model as clip_model
-from rdm.embedding.train import load_images, train_clip
+from rdm.embedding.encode import load_images
+from rdm.embedding.train import train_clip
 from rdm.stages import clip, generate, prepare
 
 

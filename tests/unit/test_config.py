@@ -34,6 +34,11 @@ def test_the_projects_params_file_is_valid() -> None:
         ({"generate": {"styles": ["neon", "cubism"]}}, "generate", "cubism"),
         ({"generate": {"held_out_styles": ["neon"], "styles": ["mosaic"]}}, "generate", "neon"),
         ({"generate": {"styles": ["neon"], "held_out_styles": ["neon"]}}, "generate", "at least one style"),
+        ({"autoencoder": {"image_size": 66}}, "autoencoder", "divisible by the downsampling factor 4"),
+        ({"train": {"unet": {"cross_attention": [True]}}}, "train.unet", "one true/false per level"),
+        ({"train": {"unet": {"block_out_channels": [32, 48, 64]}}}, "train.unet", "multiples of"),
+        ({"train": {"p_uncond": 1.5}}, "train.p_uncond", "less than"),
+        ({"train": {"precision": "fp8"}}, "train.precision", "bf16-mixed"),
     ],
 )
 def test_each_invalid_value_names_its_field(data: dict, field: str, hint: str) -> None:
@@ -51,6 +56,11 @@ def test_unknown_key_lists_the_allowed_keys() -> None:
 def test_cross_section_mismatch_names_both_fields() -> None:
     message = error_for({"generate": {"image_size": 32}, "prepare": {"min_side": 48}})
     assert "generate.image_size" in message and "prepare.min_side" in message
+
+
+def test_training_k_beyond_the_neighbours_names_both_fields() -> None:
+    message = error_for({"train": {"k": 8}, "neighbors": {"k": 4}})
+    assert "train.k (8)" in message and "neighbors.k (4)" in message
 
 
 def test_all_errors_are_reported_at_once() -> None:

@@ -64,6 +64,11 @@ def uint8_batches(
     )
 
 
+def load_images(paths: Sequence[Path], size: int, workers: int = 0) -> torch.Tensor:
+    """All images, decoded and cropped once: (N, 3, size, size) uint8. Small training sets fit in memory."""
+    return torch.cat(list(uint8_batches(paths, size, batch_size=256, workers=workers)))
+
+
 def decode_workers(setting: int | str, device: torch.device) -> int:
     """DataLoader workers for a setting of `embed.workers` (a number, or `auto`)."""
     if setting != "auto":

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,13 +14,7 @@ from open_clip.loss import ClipLoss
 from tqdm import tqdm
 
 from rdm.config import ClipParams
-from rdm.embedding.encode import uint8_batches
 from rdm.embedding.model import normalize_images
-
-
-def load_images(paths: Sequence[Path], size: int, workers: int = 0) -> torch.Tensor:
-    """All images, decoded and cropped once: (N, 3, size, size) uint8. Small training sets fit in memory."""
-    return torch.cat(list(uint8_batches(paths, size, batch_size=256, workers=workers)))
 
 
 def train_clip(

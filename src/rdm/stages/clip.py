@@ -34,7 +34,8 @@ def holdout_split(manifest: pd.DataFrame, fraction: float, seed: int) -> tuple[p
 
 
 def run(params: ClipParams, prepared: Path, progress: bool = True) -> dict[str, Any]:
-    from rdm.embedding.train import load_images, train_clip
+    from rdm.embedding.encode import load_images
+    from rdm.embedding.train import train_clip
 
     started = time.perf_counter()
     manifest = read_manifest(prepared / "train.parquet")

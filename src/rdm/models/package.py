@@ -1,0 +1,114 @@
+"""The trained model as one self-contained folder, laid out like a diffusers pipeline:
+
+    unet/        UNet2DConditionModel (config.json + safetensors), EMA weights
+    vae/         AutoencoderKL (config.json + safetensors), `scaling_factor` measured on the data
+    scheduler/   the training noise schedule (scheduler_config.json)
+    rdm.json     the card: context size, latent shape, the CLIP it was trained with, data versions
+
+No pickled objects: everything loads from configs and safetensors, in any process with this package.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rdm.errors import UserError
+from rdm.sampling.denoise import ddim, denoise, seeded_noise
+
+CARD = "rdm.json"
+
+
+class ModelError(UserError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    k: int
+    """Neighbours in the training context; sampling may use another k."""
+    context_dim: int
+    latent_shape: tuple[int, int, int]
+    image_size: int
+    scale_factor: float
+    clip_model: str
+    clip_fingerprint: str
+    """Contexts must come from this CLIP: vectors of another mean nothing to the model."""
+    steps: int
+    versions: dict[str, str] = field(default_factory=dict)
+    """DVC hashes of the data it was trained on, and the git commit."""
+
+
+@dataclass
+class RetrievalDiffusionModel:
+    """A trained RDM ready to sample: contexts of CLIP vectors in, images out."""
+
+    unet: Any
+    vae: Any
+    schedule_config: Any
+    card: ModelCard
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.unet.device)
+
+    def generate(
+        self,
+        context: torch.Tensor,
+        steps: int = 50,
+        guidance_scale: float = 5.0,
+        seed: int = 0,
+    ) -> np.ndarray:
+        """Contexts (B, 1+k, D), L2-normalised, query first -> images (B, H, W, 3) uint8.
+        Each image depends only on its own context and `seed + its index`, not on the batch."""
+        from rdm.models.autoencoder import decode
+
+        if context.shape[-1] != self.card.context_dim:
+            raise ModelError(
+                f"context vectors have {context.shape[-1]} dimensions but the model was trained on "
+                f"{self.card.context_dim}-d vectors of CLIP {self.card.clip_model}"
+            )
+        noise = seeded_noise(self.card.latent_shape, [seed + i for i in range(context.shape[0])])
+        latents = denoise(self.unet, ddim(self.schedule_config), context, noise, steps, guidance_scale)
+        images = decode(self.vae, latents, self.card.scale_factor)  # (B, 3, H, W)
+        return images.permute(0, 2, 3, 1).numpy()
+
+
+def save_model(folder: Path, unet: Any, vae: Any, schedule: Any, card: ModelCard) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    unet.save_pretrained(folder / "unet")
+    vae.save_pretrained(folder / "vae")
+    schedule.save_pretrained(folder / "scheduler")
+    (folder / CARD).write_text(json.dumps(asdict(card), indent=2) + "\n")
+
+
+def read_card(folder: Path) -> ModelCard:
+    path = folder / CARD
+    if not path.is_file():
+        raise ModelError(
+            f"{folder}: no trained model here (no {CARD}); run `dvc repro train` (or `rdm train`)"
+        )
+    data = json.loads(path.read_text())
+    data["latent_shape"] = tuple(data["latent_shape"])
+    return ModelCard(**data)
+
+
+def load_model(folder: Path, device: str = "auto") -> RetrievalDiffusionModel:
+    """Load a model folder written by the `train` stage (or downloaded from the MLflow registry)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    from rdm.embedding.model import resolve_device
+
+    card = read_card(folder)
+    torch_device = resolve_device(device)
+    unet = (
+        UNet2DConditionModel.from_pretrained(folder / "unet", low_cpu_mem_usage=False).to(torch_device).eval()
+    )
+    vae = AutoencoderKL.from_pretrained(folder / "vae", low_cpu_mem_usage=False).to(torch_device).eval()
+    schedule = DDPMScheduler.from_pretrained(folder / "scheduler")
+    return RetrievalDiffusionModel(unet=unet, vae=vae, schedule_config=schedule.config, card=card)

@@ -1,0 +1,311 @@
+"""`train` stage: the retrieval-conditioned diffusion model, trained with Lightning, tracked in MLflow.
+
+Reads the cached latents (or encodes the training images), each image's CLIP embedding and its
+neighbours' embeddings; trains with EMA weights, gradient clipping and checkpoints every
+`train.checkpoint_every_n_steps`; writes the EMA model to `train.out` as a self-contained folder;
+logs it to the MLflow run and registers it (`rdm`, alias `latest`).
+
+A killed run resumes from `train.checkpoints/last.ckpt` with its step count and its MLflow run. A
+checkpoint made with other settings or data is never resumed: it is set aside and training starts over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from rdm.config import Config, TrainParams
+from rdm.data.manifest import read_manifest
+from rdm.data.training import RetrievalDataModule, TrainingTensors
+from rdm.embedding import model as clip_model
+from rdm.embedding.vectors import VectorChunks
+from rdm.errors import UserError
+from rdm.files import write_json
+from rdm.models.diffusion import RetrievalDiffusion, build_context
+from rdm.models.package import ModelCard, save_model
+from rdm.stages import autoencoder as autoencoder_stage
+from rdm.stages.neighbors import read_neighbors
+
+GRID_IMAGES = 8
+IDENTITY_FILE = "identity.json"
+CONTINUABLE = {
+    "max_steps",
+    "val_every_n_steps",
+    "sample_steps",
+    "log_every_n_steps",
+    "guidance_scale",
+    "checkpoint_every_n_steps",
+    "checkpoints",
+    "out",
+    "metrics",
+    "precision",
+    "accelerator",
+    "devices",
+    "num_nodes",
+    "workers",
+}
+"""Train settings a checkpointed run may change and still be resumed; any other change starts over."""
+
+
+class TrainError(UserError):
+    pass
+
+
+def training_tensors(config: Config, clip_card: clip_model.ClipCard) -> TrainingTensors:
+    """Latents, query embeddings and neighbour embeddings of every training image, checked against
+    the params: the neighbours file must hold at least train.k neighbours from this CLIP."""
+    prepared = Path(config.prepare.out)
+    ids = list(read_manifest(prepared / "train.parquet")["id"])
+    k = config.train.k
+    try:
+        table, meta = read_neighbors(Path(config.neighbors.out))
+    except FileNotFoundError as exc:
+        raise TrainError(str(exc)) from None
+    if meta["clip_fingerprint"] != clip_card.fingerprint:
+        raise TrainError(
+            f"{config.neighbors.out} was made with CLIP weights {meta['clip_fingerprint']}, but "
+            f"{config.clip.out} holds {clip_card.model} [{clip_card.fingerprint}]: run `dvc repro neighbors` "
+            "(or `rdm embed` then `rdm neighbors`)"
+        )
+    if meta["k"] < k:
+        raise TrainError(
+            f"{config.neighbors.out} holds {meta['k']} neighbours per image but train.k is {k}: set "
+            f"neighbors.k to at least {k} and run `dvc repro neighbors`, or lower train.k"
+        )
+    rows = {image_id: n for n, image_id in enumerate(table.column("id").to_pylist())}
+    missing = [i for i in ids if i not in rows]
+    if missing:
+        raise TrainError(
+            f"{config.neighbors.out} has no neighbours for {len(missing)} training image(s) "
+            f"(e.g. {missing[0]}): it is older than the training manifest; run `dvc repro neighbors`"
+        )
+    neighbor_ids = table.column("neighbor_ids").to_pylist()
+    chosen = [neighbor_ids[rows[i]][:k] for i in ids]  # (N, k) ids
+    embeddings = Path(config.embed.out)
+    query = VectorChunks(embeddings / "train", clip_card).vectors_for(ids)  # (N, D)
+    flat = [n for row in chosen for n in row]
+    database = VectorChunks(embeddings / "d_train", clip_card).vectors_for(flat)  # (N*k, D)
+    neighbors = torch.from_numpy(database).reshape(len(ids), k, clip_card.embed_dim)
+    latents = _latents(config, ids)
+    return TrainingTensors(ids, **latents, query=torch.from_numpy(query), neighbors=neighbors)
+
+
+def _latents(config: Config, ids: list[str]) -> dict[str, torch.Tensor]:
+    if config.autoencoder.latents is not None:
+        return autoencoder_stage.load_latents(Path(config.autoencoder.latents), ids)
+    from diffusers import AutoencoderKL
+
+    from rdm.embedding.encode import load_images
+    from rdm.models.autoencoder import encode
+
+    prepared = Path(config.prepare.out)
+    paths = [prepared / p for p in read_manifest(prepared / "train.parquet").set_index("id").loc[ids, "path"]]
+    images = load_images(paths, config.autoencoder.image_size)
+    device = clip_model.resolve_device(config.autoencoder.device)
+    vae = AutoencoderKL.from_pretrained(config.autoencoder.out, low_cpu_mem_usage=False).to(device).eval()
+    mean, std = encode(vae, images, device)
+    mean_flipped, std_flipped = encode(vae, images.flip(-1), device)
+    return {"mean": mean, "std": std, "mean_flipped": mean_flipped, "std_flipped": std_flipped}
+
+
+def identity(config: Config, clip_card: clip_model.ClipCard) -> str:
+    """What a checkpoint must share with this run to be resumed: settings and inputs."""
+    settings = {k: v for k, v in config.train.model_dump(mode="json").items() if k not in CONTINUABLE}
+    inputs = [Path(config.neighbors.out), Path(config.autoencoder.out) / "rdm_autoencoder.json"]
+    if config.autoencoder.latents is not None:
+        inputs.append(Path(config.autoencoder.latents))
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    digest.update(clip_card.fingerprint.encode())
+    for path in inputs:
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:16]
+
+
+def prepare_checkpoints(folder: Path, run_identity: str) -> bool:
+    """True if `folder` holds checkpoints of this very training, to resume; otherwise clears them."""
+    marker = folder / IDENTITY_FILE
+    if marker.is_file() and json.loads(marker.read_text())["identity"] == run_identity:
+        return (folder / "last.ckpt").is_file()
+    if folder.exists() and any(folder.iterdir()):
+        print(f"train: {folder} holds checkpoints of other settings or data; starting over")
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"identity": run_identity}) + "\n")
+    return False
+
+
+def trainer_for(params: TrainParams, callbacks: list[L.Callback], logger: Any, progress: bool) -> L.Trainer:
+    from lightning.pytorch.callbacks import (
+        EMAWeightAveraging,
+        LearningRateMonitor,
+        ModelCheckpoint,
+        ThroughputMonitor,
+    )
+
+    on_gpu = params.accelerator == "gpu" or (params.accelerator == "auto" and torch.cuda.is_available())
+    precision = params.precision if params.precision != "auto" else ("bf16-mixed" if on_gpu else "32-true")
+    several = params.num_nodes > 1 or (params.devices != "auto" and params.devices > 1)
+    return L.Trainer(
+        accelerator=params.accelerator,
+        devices=params.devices,
+        num_nodes=params.num_nodes,
+        strategy="ddp" if several else "auto",
+        precision=precision,
+        max_steps=params.max_steps,
+        max_epochs=-1,
+        gradient_clip_val=params.grad_clip,
+        val_check_interval=params.val_every_n_steps,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        log_every_n_steps=params.log_every_n_steps,
+        logger=logger,
+        enable_progress_bar=progress,
+        default_root_dir=params.checkpoints,
+        callbacks=[
+            EMAWeightAveraging(decay=params.ema_decay),
+            ModelCheckpoint(
+                dirpath=params.checkpoints,
+                every_n_train_steps=params.checkpoint_every_n_steps,
+                save_last=True,
+                save_top_k=0,
+            ),
+            ThroughputMonitor(
+                batch_size_fn=lambda batch: batch["mean"].shape[0], window_size=20, separator="/"
+            ),
+            *([LearningRateMonitor(logging_interval="step")] if logger else []),
+            *callbacks,
+        ],
+    )
+
+
+def run(config: Config, progress: bool = True) -> dict[str, Any]:
+    from diffusers import AutoencoderKL
+
+    from rdm.models.autoencoder import decode
+    from rdm.tracking import runs
+    from rdm.tracking.samples import SampleGrid
+
+    params = config.train
+    started = time.perf_counter()
+    clip_card = clip_model.read_card(Path(config.clip.out))
+    ae_card = autoencoder_stage.read_card(Path(config.autoencoder.out))
+    tensors = training_tensors(config, clip_card)
+
+    # 1. the model and its data
+    L.seed_everything(params.seed, workers=True, verbose=False)
+    latent_shape = tuple(ae_card["latent_shape"])
+    module = RetrievalDiffusion(
+        unet=params.unet.model_dump(),
+        latent_shape=latent_shape,
+        context_dim=clip_card.embed_dim,
+        scale_factor=ae_card["scale_factor"],
+        p_uncond=params.p_uncond,
+        flip=params.flip,
+        lr=params.lr,
+        warmup_steps=params.warmup_steps,
+        weight_decay=params.weight_decay,
+    )
+    data = RetrievalDataModule(tensors, params.batch_size, params.val_images, params.workers, params.seed)
+
+    # 2. what the grids show: validation images beside samples for their contexts
+    checkpoints = Path(params.checkpoints)
+    vae = AutoencoderKL.from_pretrained(config.autoencoder.out, low_cpu_mem_usage=False).eval()
+    shown = data.val.subset(torch.arange(min(GRID_IMAGES, len(data.val.ids))))
+    references = decode(vae, shown.mean * ae_card["scale_factor"], ae_card["scale_factor"])
+    grid = SampleGrid(
+        vae,
+        references,
+        build_context(shown.query, shown.neighbors),
+        checkpoints / "samples.png",
+        params.sample_steps,
+        params.guidance_scale,
+    )
+
+    # 3. resume this training if it was interrupted, in its MLflow run
+    resume = prepare_checkpoints(checkpoints, identity(config, clip_card))
+    logger: Any = False
+    if config.tracking.enabled:
+        logger = runs.open_logger(config.tracking, checkpoints, run_name="train-rdm", resume=resume)
+        if not resume:
+            logger.log_hyperparams(runs.flatten(config.model_dump(mode="json")))
+            for key, value in {**runs.data_versions(), **runs.git_state()}.items():
+                logger.experiment.set_tag(logger.run_id, key, value)
+    trainer = trainer_for(params, [grid], logger, progress)
+    start_step = _checkpoint_step(checkpoints / "last.ckpt") if resume else 0
+    if start_step >= params.max_steps:
+        # finished before its outputs were written: the checkpoint's state_dict holds the EMA weights
+        state = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state)
+    else:
+        trainer.fit(module, data, ckpt_path="last" if resume else None)
+    if not trainer.is_global_zero:
+        return {}
+    seconds = time.perf_counter() - started
+
+    # 4. the EMA model as a self-contained folder, logged and registered
+    out = Path(params.out)
+    if out.exists():
+        shutil.rmtree(out)
+    card = ModelCard(
+        k=params.k,
+        context_dim=clip_card.embed_dim,
+        latent_shape=latent_shape,
+        image_size=int(ae_card["image_size"]),
+        scale_factor=float(ae_card["scale_factor"]),
+        clip_model=clip_card.model,
+        clip_fingerprint=clip_card.fingerprint,
+        steps=max(trainer.global_step, start_step),
+        versions={**runs.data_versions(), **runs.git_state()},
+    )
+    save_model(out, module.unet, vae, module.schedule, card)
+    grid.out = out / "samples.png"
+    grid.draw(trainer, module.eval())
+    metrics = {k: round(float(v), 5) for k, v in trainer.callback_metrics.items() if "/" in k}
+    report: dict[str, Any] = {
+        "steps": card.steps,
+        "resumed_from_step": start_step,
+        "train_images": len(data.train.ids),
+        "unet_parameters": sum(p.numel() for p in module.unet.parameters()),
+        "k": params.k,
+        **{k: v for k, v in metrics.items() if k in ("train/loss", "val/loss")},
+    }
+    if config.tracking.enabled:
+        report["registered"] = _register(config, logger, out, card)
+    write_json(Path(params.metrics), {k: v for k, v in report.items() if k != "registered"})
+    print(
+        f"train: {card.steps} steps ({start_step} resumed) on {len(data.train.ids)} images "
+        f"in {seconds:.0f} s; val/loss {report.get('val/loss')}; model -> {out}"
+        + (f"; registered {report['registered']['alias_uri']}" if "registered" in report else "")
+    )
+    return report
+
+
+def _checkpoint_step(path: Path) -> int:
+    return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+
+
+def _register(config: Config, logger: Any, out: Path, card: ModelCard) -> dict[str, Any]:
+    from rdm.tracking.registry import register_model
+
+    run_id = logger.run_id
+    logger.experiment.log_artifact(run_id, str(out / "samples.png"), "samples")
+    registered = register_model(config.tracking, run_id, out, card)
+    logger.experiment.set_tag(run_id, "model_version", registered["version"])
+    return registered
+
+
+def main() -> int:
+    from rdm.cli import main as cli_main
+
+    return cli_main(["train"])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

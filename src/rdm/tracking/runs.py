@@ -1,0 +1,114 @@
+"""The MLflow run of a training: where it is tracked, what it records about its inputs (every param,
+the DVC hashes of its data, the git commit), and the run id kept beside the checkpoints so that a
+resumed training logs into the same run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rdm.config import TrackingParams
+
+RUN_FILE = "mlflow_run.json"
+VERSIONED_OUTPUTS = {
+    "data/prepared": "prepared",
+    "data/embeddings": "embeddings",
+    "data/neighbors": "neighbors",
+    "models/clip": "clip",
+    "models/autoencoder": "autoencoder",
+    "data/latents": "latents",
+}
+"""DVC outputs a training depends on, by the name their version is logged under (`data.<name>.md5`)."""
+
+
+def tracking_uri(params: TrackingParams) -> str:
+    """MLFLOW_TRACKING_URI if set (e.g. the server of `make services`), else `tracking.tracking_uri`."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or params.tracking_uri
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"unet": {"layers_per_block": 1}}} -> {"train.unet.layers_per_block": 1}."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{name}.")
+        else:
+            flat[name] = value
+    return flat
+
+
+def data_versions(lock_file: Path = Path("dvc.lock")) -> dict[str, str]:
+    """The md5 DVC recorded for each versioned input (`data.<name>.md5`); none for inputs DVC has not
+    recorded (a run outside `dvc repro`)."""
+    if not lock_file.is_file():
+        return {}
+    stages = (yaml.safe_load(lock_file.read_text()) or {}).get("stages", {})
+    versions = {}
+    for stage in stages.values():
+        for out in stage.get("outs", []):
+            name = VERSIONED_OUTPUTS.get(str(out.get("path", "")).rstrip("/"))
+            if name and "md5" in out:
+                versions[f"data.{name}.md5"] = out["md5"]
+    return versions
+
+
+def git_state(cwd: Path = Path(".")) -> dict[str, str]:
+    """The commit checked out and whether the working tree differs from it."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    return {"mlflow.source.git.commit": commit, "git.dirty": str(dirty).lower()}
+
+
+def saved_run_id(checkpoints: Path, uri: str) -> str | None:
+    """The run a checkpointed training logged into, if it was tracked at the same URI."""
+    path = checkpoints / RUN_FILE
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    return saved["run_id"] if saved.get("tracking_uri") == uri else None
+
+
+def save_run_id(checkpoints: Path, uri: str, run_id: str) -> None:
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    (checkpoints / RUN_FILE).write_text(json.dumps({"tracking_uri": uri, "run_id": run_id}) + "\n")
+
+
+def open_logger(params: TrackingParams, checkpoints: Path, run_name: str, resume: bool) -> Any:
+    """Lightning's MLFlowLogger on the training's run: the checkpointed one when resuming (if it still
+    exists), else a new one. Metrics are sent asynchronously, so logging costs the loop nothing."""
+    from lightning.pytorch.loggers import MLFlowLogger
+    from lightning.pytorch.utilities import rank_zero_only
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    uri = tracking_uri(params)
+    run_id = saved_run_id(checkpoints, uri) if resume else None
+    if run_id is not None:
+        client = MlflowClient(uri)
+        try:
+            client.update_run(run_id, status="RUNNING")
+        except MlflowException:
+            run_id = None  # deleted meanwhile: start a new run
+    logger = MLFlowLogger(
+        experiment_name=params.experiment,
+        run_name=run_name,
+        tracking_uri=uri,
+        run_id=run_id,
+        synchronous=False,
+    )
+    if getattr(rank_zero_only, "rank", 0) == 0 and logger.run_id:  # other DDP ranks log nothing
+        save_run_id(checkpoints, uri, logger.run_id)
+    return logger
