@@ -27,6 +27,9 @@ demo: install  ## run the pipeline on the built-in demo data (dvc repro)
 	@echo "  reports/prepare.json ingestion counts;  reports/rejected.jsonl  every rejected file and why"
 	@echo "  models/clip/         the CLIP model (open_clip local-dir);  reports/clip.json  its held-out retrieval"
 	@echo "  data/embeddings/     CLIP vectors;  data/qdrant/  the collections;  data/neighbors/  training neighbours"
+	@echo "  models/autoencoder/  the autoencoder;  reports/autoencoder.json  its held-out PSNR"
+	@echo "  models/rdm/          the trained model (samples.png: validation images above, samples below)"
+	@echo "  mlflow.db            the MLflow runs and the registered model rdm: mlflow ui --backend-store-uri sqlite:///mlflow.db"
 	@echo
 	rdm collections
 	@echo
