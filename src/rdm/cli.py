@@ -142,25 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", help="output folder (default: generate.out)")
     gen.set_defaults(func=_generate)
 
-    prep = verbs.add_parser("prepare", help="ingest the configured sources into manifests (DVC stage)")
-    prep.set_defaults(func=_prepare)
-
-    clp = verbs.add_parser("clip", help="load or train the CLIP model and measure its retrieval (DVC stage)")
-    clp.set_defaults(func=_clip)
-
-    emb = verbs.add_parser("embed", help="embed every prepared image and fill the collections (DVC stage)")
-    emb.set_defaults(func=_embed)
-
-    nbr = verbs.add_parser(
-        "neighbors", help="k nearest D_train neighbours of each training image (DVC stage)"
-    )
-    nbr.set_defaults(func=_neighbors)
-
-    aut = verbs.add_parser("autoencoder", help="load or train the KL autoencoder, cache latents (DVC stage)")
-    aut.set_defaults(func=_autoencoder)
-
-    trn = verbs.add_parser("train", help="train the retrieval-conditioned diffusion model (DVC stage)")
-    trn.set_defaults(func=_train)
+    stages = {
+        "prepare": ("ingest the configured sources into manifests", _prepare),
+        "clip": ("load or train the CLIP model and measure its retrieval", _clip),
+        "embed": ("embed every prepared image and fill the collections", _embed),
+        "neighbors": ("k nearest D_train neighbours of each training image", _neighbors),
+        "autoencoder": ("load or train the KL autoencoder, cache latents", _autoencoder),
+        "train": ("train the retrieval-conditioned diffusion model", _train),
+    }
+    for verb, (description, func) in stages.items():
+        verbs.add_parser(verb, help=f"{description} (DVC stage)").set_defaults(func=func)
 
     col = verbs.add_parser("collections", help="list (or drop) the vector collections")
     col.add_argument("action", nargs="?", choices=["list", "drop"], default="list")
