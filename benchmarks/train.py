@@ -32,7 +32,8 @@ from lightning.fabric.utilities.throughput import get_available_flops, measure_f
 
 from rdm.config import Config, TrainParams, UNetParams, load_config
 from rdm.data.training import RetrievalDataModule, TrainingTensors
-from rdm.models.diffusion import RetrievalDiffusion, build_context
+from rdm.models.diffusion import RetrievalDiffusion
+from rdm.sampling.context import build_context
 from rdm.stages.train import trainer_for
 
 PAPER = {

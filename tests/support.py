@@ -5,9 +5,14 @@ from __future__ import annotations
 import io
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import yaml
 from PIL import Image
+
+if TYPE_CHECKING:
+    from rdm.config import Config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,6 +52,34 @@ def deep_update(base: dict, changes: dict) -> dict:
     for key, value in changes.items():
         merged[key] = deep_update(base.get(key, {}), value) if isinstance(value, dict) else value
     return merged
+
+
+TRACKING = "sqlite:///mlflow.db"
+"""Tests track into an SQLite store in their own working folder."""
+
+
+def write_params(root: Path, name: str = "params.yaml", **changes: dict) -> Path:
+    """The project's params shrunk by TINY (a 5-epoch CLIP, tracking in ./mlflow.db), plus `changes`,
+    written to `root/name`."""
+    base = deep_update(yaml.safe_load((REPO_ROOT / "params.yaml").read_text()), TINY)
+    params = deep_update(base, {"clip": {"epochs": 5}, "tracking": {"tracking_uri": TRACKING}} | changes)
+    path = root / name
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def run_pipeline(config: Config, train_model: bool = False) -> None:
+    """generate -> prepare -> clip -> embed -> neighbors -> autoencoder (-> train), in the current folder."""
+    from rdm.stages import autoencoder, clip, embed, generate, neighbors, prepare, train
+
+    generate.run(config.generate, progress=False)
+    prepare.run(config.prepare, config.s3, progress=False)
+    clip.run(config.clip, Path(config.prepare.out), progress=False)
+    embed.run(config.embed, config.store, Path(config.clip.out), Path(config.prepare.out), progress=False)
+    neighbors.run(config.neighbors, config.embed, Path(config.clip.out), Path(config.prepare.out), False)
+    autoencoder.run(config.autoencoder, Path(config.prepare.out), progress=False)
+    if train_model:
+        train.run(config, progress=False)
 
 
 def free_port() -> int:

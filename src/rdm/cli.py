@@ -57,6 +57,53 @@ def _train(config: Config, args: argparse.Namespace) -> None:
     train.run(config)
 
 
+def _sample_stage(config: Config, args: argparse.Namespace) -> None:
+    from rdm.stages import sample
+
+    sample.run(config)
+
+
+def _evaluate(config: Config, args: argparse.Namespace) -> None:
+    from rdm.stages import evaluate
+
+    evaluate.run(config)
+
+
+def _sample(config: Config, args: argparse.Namespace) -> None:
+    """Draw prompts x styles x seeds with a trained model, by retrieval from each style's collection
+    (or, with --postfix, by the prompt plus "in the style of <style>" retrieved from D_train)."""
+    from rdm.sampling.batch import POSTFIX, RETRIEVAL, Request
+    from rdm.sampling.source import open_model
+    from rdm.stages.sample import open_sampler, write_grids
+
+    if args.image and args.postfix:
+        raise UserError("--postfix writes the style into a text prompt; use it with --prompt, not --image")
+    chosen = {"k": args.k, "steps": args.steps, "guidance_scale": args.scale, "sampler": args.sampler}
+    params = config.sample.model_copy(update={k: v for k, v in chosen.items() if v is not None})
+    config = config.model_copy(update={"sample": params})
+    method = POSTFIX if args.postfix else RETRIEVAL
+    queries = [str(args.image)] if args.image else args.prompt
+    requests = [
+        Request(query, style, method, args.seed + i, image=args.image)
+        for query in queries
+        for style in args.style
+        for i in range(args.n)
+    ]
+    model, info = open_model(args.model or params.model, config, params.device)
+    out = Path(args.out)
+    with open_sampler(config, model, info, params.k) as sampler:
+        records = sampler.draw(requests, out)
+    grids = write_grids(records, out, max_rows=len(queries) * args.n)
+    print(f"{len(records)} images from {info['uri']} (version {info['version']}, {info['steps']} steps)")
+    for style in args.style:
+        mine = [r for r in records if r["style"] == style]
+        found = [n["style"] for r in mine for n in r["neighbors"]]
+        share = sum(f == style for f in found) / max(1, len(found))
+        collection = mine[0]["collection"]
+        print(f"  {style:14s} from {collection:18s} {share:4.0%} of {len(found)} neighbours are {style}")
+    print(f"  images: {out / 'images'}  records: {out / 'samples.jsonl'}  grid: {', '.join(map(str, grids))}")
+
+
 def _collections(config: Config, args: argparse.Namespace) -> None:
     from rdm.retrieval.store import open_store
 
@@ -149,9 +196,33 @@ def build_parser() -> argparse.ArgumentParser:
         "neighbors": ("k nearest D_train neighbours of each training image", _neighbors),
         "autoencoder": ("load or train the KL autoencoder, cache latents", _autoencoder),
         "train": ("train the retrieval-conditioned diffusion model", _train),
+        "sample-styles": ("sample every style by retrieval and by postfix, for evaluate", _sample_stage),
+        "evaluate": ("score the samples: style classifier, Frechet distance, CLIP score", _evaluate),
     }
     for verb, (description, func) in stages.items():
         verbs.add_parser(verb, help=f"{description} (DVC stage)").set_defaults(func=func)
+
+    smp = verbs.add_parser("sample", help="stylized images from a trained model, by database swap")
+    query = smp.add_mutually_exclusive_group(required=True)
+    query.add_argument("--prompt", action="append", help="a text prompt (repeat for several)")
+    query.add_argument("--image", type=Path, help="an image file as the query instead of a prompt")
+    smp.add_argument(
+        "--style", action="append", required=True, help="a style collection (repeat for several)"
+    )
+    smp.add_argument(
+        "--postfix", action="store_true", help='baseline: prompt + "in the style of <style>" on D_train'
+    )
+    smp.add_argument("-n", type=int, default=4, help="images per prompt and style (seeds seed..seed+n-1)")
+    smp.add_argument("-k", type=int, help="neighbours retrieved (default sample.k: 19)")
+    smp.add_argument("--steps", type=int, help="sampler steps (default sample.steps: 50)")
+    smp.add_argument(
+        "--scale", type=float, help="classifier-free guidance scale (default sample.guidance_scale: 5)"
+    )
+    smp.add_argument("--sampler", choices=["ddim", "dpm"], help="default sample.sampler: ddim")
+    smp.add_argument("--seed", type=int, default=0)
+    smp.add_argument("--model", help="models:/rdm@latest (default sample.model), a model folder, or a .ckpt")
+    smp.add_argument("--out", required=True, help="folder for images/, samples.jsonl and the grid")
+    smp.set_defaults(func=_sample)
 
     col = verbs.add_parser("collections", help="list (or drop) the vector collections")
     col.add_argument("action", nargs="?", choices=["list", "drop"], default="list")

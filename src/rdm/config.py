@@ -279,6 +279,63 @@ class TrainParams(Section):
     seed: int = 0
 
 
+class SampleParams(Section):
+    """Stylized sampling: the defaults of `rdm sample`, and what the `sample` stage draws for evaluation."""
+
+    model: str = "models:/rdm@latest"
+    """What `rdm sample` loads by default: a registry URI, a model folder, or a Lightning .ckpt. The
+    `sample` stage always samples `train.out`, the model DVC tracks."""
+    k: Annotated[int, Field(ge=0, le=256)] = 19
+    """Neighbours retrieved per query (the paper: 19 from the style database); may differ from train.k."""
+    sampler: Literal["ddim", "dpm"] = "ddim"
+    """ddim (eta 0) or dpm (DPM-Solver++, 2nd order multistep, good in about 20 steps)."""
+    steps: PositiveInt = 50
+    guidance_scale: Annotated[float, Field(ge=1.0)] = 5.0
+    postfix: str = "in the style of {style}"
+    """The baseline: the prompt plus this text, retrieved from D_train; `{style}` is the style's words."""
+    style_words: dict[str, str] = Field(default_factory=dict)
+    """How a prompt names a style, when not the name with spaces (e.g. ukiyo_e: ukiyo-e)."""
+    per_style: PositiveInt = 70
+    """Samples per style and per method in the `sample` stage (the paper: 70); prompts are cycled."""
+    seed: int = 0
+    batch_size: PositiveInt = 32
+    grid_rows: PositiveInt = 8
+    """Rows (prompt, seed) in each grid of the `sample` stage; styles are its columns."""
+    out: str = "data/samples"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def style_text(self, style: str) -> str:
+        return self.style_words.get(style, style.replace("_", " "))
+
+    @model_validator(mode="after")
+    def _postfix_names_style(self) -> SampleParams:
+        if "{style}" not in self.postfix:
+            raise ValueError(f"postfix {self.postfix!r} must contain {{style}}, where the style's words go")
+        return self
+
+
+class ClassifierParams(Section):
+    """The style classifier: a 2-layer perceptron on CLIP image features (the paper's, 77 % on ArtBench)."""
+
+    hidden: PositiveInt = 256
+    epochs: PositiveInt = 300
+    lr: Annotated[float, Field(gt=0.0)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0.0)] = 1e-2
+    holdout_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
+    """Share of each style collection kept apart to measure the classifier's top-1."""
+    seed: int = 0
+
+
+class EvaluateParams(Section):
+    """Scoring the `sample` stage's images: style accuracy, target logits, Frechet distance, CLIP score."""
+
+    classifier: ClassifierParams = ClassifierParams()
+    metrics: str = "reports/evaluate.json"
+    plots: str = "reports/evaluate"
+    """Folder for the per-style CSV tables and the PNG charts."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
 class TrackingParams(Section):
     """MLflow: where runs, metrics, images and the registered model go."""
 
@@ -302,6 +359,8 @@ class Config(Section):
     neighbors: NeighborsParams = NeighborsParams()
     autoencoder: AutoencoderParams = AutoencoderParams()
     train: TrainParams = TrainParams()
+    sample: SampleParams = SampleParams()
+    evaluate: EvaluateParams = EvaluateParams()
     tracking: TrackingParams = TrackingParams()
     s3: S3Params = S3Params()
 

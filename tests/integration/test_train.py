@@ -13,25 +13,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
-import yaml
 from mlflow import MlflowClient
 
 from rdm.config import Config, load_config
-from rdm.stages import autoencoder, clip, embed, generate, neighbors, prepare, train
+from rdm.stages import train
 from rdm.stages.train import TrainError
-from tests.support import REPO_ROOT, TINY, deep_update
+from tests.support import TRACKING, run_pipeline, write_params
 
 pytestmark = pytest.mark.slow
-
-TRACKING = "sqlite:///mlflow.db"
-
-
-def write_params(root: Path, name: str, **changes: dict) -> Path:
-    base = deep_update(yaml.safe_load((REPO_ROOT / "params.yaml").read_text()), TINY)
-    params = deep_update(base, {"clip": {"epochs": 5}, "tracking": {"tracking_uri": TRACKING}} | changes)
-    path = root / name
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +28,8 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Config]:
     """generate -> prepare -> clip -> embed -> neighbors -> autoencoder, tiny, in a temp folder."""
     root = tmp_path_factory.mktemp("training")
     with contextlib.chdir(root):
-        config = load_config(write_params(root, "params.yaml"))
-        generate.run(config.generate, progress=False)
-        prepare.run(config.prepare, config.s3, progress=False)
-        clip.run(config.clip, Path(config.prepare.out), progress=False)
-        embed.run(config.embed, config.store, Path(config.clip.out), Path(config.prepare.out), progress=False)
-        neighbors.run(config.neighbors, config.embed, Path(config.clip.out), Path(config.prepare.out), False)
-        autoencoder.run(config.autoencoder, Path(config.prepare.out), progress=False)
+        config = load_config(write_params(root))
+        run_pipeline(config)
     return root, config
 
 

@@ -15,12 +15,8 @@ import torch.nn.functional as F
 
 from rdm.config import UNetParams
 from rdm.models import unet as unet_builder
+from rdm.sampling.context import build_context
 from rdm.sampling.denoise import TRAIN_TIMESTEPS, ddim, denoise, noise_schedule, seeded_noise
-
-
-def build_context(query: torch.Tensor, neighbors: torch.Tensor) -> torch.Tensor:
-    """(B, D) query and (B, k, D) neighbours -> the L2-normalised context (B, 1+k, D), query first."""
-    return F.normalize(torch.cat([query[:, None], neighbors], dim=1), dim=-1)
 
 
 def drop_context(

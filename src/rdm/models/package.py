@@ -11,7 +11,8 @@ No pickled objects: everything loads from configs and safetensors, in any proces
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from rdm.errors import UserError
-from rdm.sampling.denoise import ddim, denoise, seeded_noise
+from rdm.sampling.denoise import denoise, make_sampler, seeded_noise
 
 CARD = "rdm.json"
 
@@ -42,6 +43,8 @@ class ModelCard:
     steps: int
     versions: dict[str, str] = field(default_factory=dict)
     """DVC hashes of the data it was trained on, and the git commit."""
+    run_id: str | None = None
+    """The MLflow run that trained it (evaluations are logged there too); None when untracked."""
 
 
 @dataclass
@@ -62,10 +65,11 @@ class RetrievalDiffusionModel:
         context: torch.Tensor,
         steps: int = 50,
         guidance_scale: float = 5.0,
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
+        sampler: str = "ddim",
     ) -> np.ndarray:
         """Contexts (B, 1+k, D), L2-normalised, query first -> images (B, H, W, 3) uint8.
-        Each image depends only on its own context and `seed + its index`, not on the batch."""
+        Image i is drawn from `seed[i]` (or `seed + i`) and depends on nothing else in the batch."""
         from rdm.models.autoencoder import decode
 
         if context.shape[-1] != self.card.context_dim:
@@ -73,8 +77,12 @@ class RetrievalDiffusionModel:
                 f"context vectors have {context.shape[-1]} dimensions but the model was trained on "
                 f"{self.card.context_dim}-d vectors of CLIP {self.card.clip_model}"
             )
-        noise = seeded_noise(self.card.latent_shape, [seed + i for i in range(context.shape[0])])
-        latents = denoise(self.unet, ddim(self.schedule_config), context, noise, steps, guidance_scale)
+        seeds = [seed + i for i in range(len(context))] if isinstance(seed, int) else list(seed)
+        if len(seeds) != len(context):
+            raise ModelError(f"{len(seeds)} seeds for {len(context)} contexts; give one seed per context")
+        noise = seeded_noise(self.card.latent_shape, seeds)
+        schedule = make_sampler(sampler, self.schedule_config)
+        latents = denoise(self.unet, schedule, context, noise, steps, guidance_scale)
         images = decode(self.vae, latents, self.card.scale_factor)  # (B, 3, H, W)
         return images.permute(0, 2, 3, 1).numpy()
 
@@ -98,17 +106,38 @@ def read_card(folder: Path) -> ModelCard:
     return ModelCard(**data)
 
 
-def load_model(folder: Path, device: str = "auto") -> RetrievalDiffusionModel:
-    """Load a model folder written by the `train` stage (or downloaded from the MLflow registry)."""
+def load_model(folder: Path, device: str = "auto", checkpoint: Path | None = None) -> RetrievalDiffusionModel:
+    """Load a model folder written by the `train` stage (or downloaded from the MLflow registry).
+
+    With `checkpoint`, a Lightning checkpoint of the same training (`models/checkpoints/*.ckpt`)
+    supplies the UNet's weights instead: its EMA weights at that step, with the folder's autoencoder.
+    """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
     from rdm.embedding.model import resolve_device
 
     card = read_card(folder)
     torch_device = resolve_device(device)
-    unet = (
-        UNet2DConditionModel.from_pretrained(folder / "unet", low_cpu_mem_usage=False).to(torch_device).eval()
-    )
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet", low_cpu_mem_usage=False)
+    if checkpoint is not None:
+        unet, card = _checkpoint_weights(unet, card, checkpoint)
+    unet = unet.to(torch_device).eval()
     vae = AutoencoderKL.from_pretrained(folder / "vae", low_cpu_mem_usage=False).to(torch_device).eval()
     schedule = DDPMScheduler.from_pretrained(folder / "scheduler")
     return RetrievalDiffusionModel(unet=unet, vae=vae, schedule_config=schedule.config, card=card)
+
+
+def _checkpoint_weights(unet: Any, card: ModelCard, checkpoint: Path) -> tuple[Any, ModelCard]:
+    if not checkpoint.is_file():
+        raise ModelError(f"{checkpoint}: no such checkpoint (see models/checkpoints/ for the saved ones)")
+    # Lightning's EMA callback saves the averaged weights as the checkpoint's state_dict
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    weights = {k.removeprefix("unet."): v for k, v in saved["state_dict"].items() if k.startswith("unet.")}
+    try:
+        unet.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise ModelError(
+            f"{checkpoint}: its UNet does not match the model folder's ({exc.args[0].splitlines()[0]}); "
+            "use a checkpoint of the training that wrote the folder"
+        ) from None
+    return unet, replace(card, steps=int(saved["global_step"]))

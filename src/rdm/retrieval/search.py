@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from rdm.embedding.model import Clip
+from rdm.errors import UserError
 from rdm.retrieval.store import Hit, VectorStore
 
 
@@ -34,21 +35,29 @@ class Retriever:
     def by_text(
         self, texts: Sequence[str], collection: str, k: int, with_vectors: bool = False
     ) -> list[list[Hit]]:
-        vectors = self.clip.encode_text(list(texts)).cpu().numpy()
-        return self.by_vectors(vectors, collection, k, with_vectors)
+        return self.by_vectors(self.embed_texts(texts), collection, k, with_vectors)
 
     def by_images(
         self, images: Sequence[Image.Image | Path], collection: str, k: int, with_vectors: bool = False
     ) -> list[list[Hit]]:
+        return self.by_vectors(self.embed_images(images), collection, k, with_vectors)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """(B,) texts -> (B, D) L2-normalised CLIP text vectors."""
+        return self.clip.encode_text(list(texts)).cpu().numpy()
+
+    def embed_images(self, images: Sequence[Image.Image | Path]) -> np.ndarray:
+        """(B,) images or image files -> (B, D) L2-normalised CLIP image vectors."""
         import torch
 
         pixels = torch.stack([self.clip.preprocess(_rgb(image)) for image in images])
-        vectors = self.clip.encode_images(pixels).cpu().numpy()
-        return self.by_vectors(vectors, collection, k, with_vectors)
+        return self.clip.encode_images(pixels).cpu().numpy()
 
 
 def _rgb(image: Image.Image | Path) -> Image.Image:
     if isinstance(image, Path):
+        if not image.is_file():
+            raise UserError(f"{image}: no such image file")
         with Image.open(image) as opened:
             return opened.convert("RGB")
     return image.convert("RGB")

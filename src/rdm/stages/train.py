@@ -28,8 +28,9 @@ from rdm.embedding import model as clip_model
 from rdm.embedding.vectors import VectorChunks
 from rdm.errors import UserError
 from rdm.files import write_json
-from rdm.models.diffusion import RetrievalDiffusion, build_context
+from rdm.models.diffusion import RetrievalDiffusion
 from rdm.models.package import ModelCard, save_model
+from rdm.sampling.context import build_context
 from rdm.stages import autoencoder as autoencoder_stage
 from rdm.stages.neighbors import read_neighbors
 
@@ -263,6 +264,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
         clip_fingerprint=clip_card.fingerprint,
         steps=max(trainer.global_step, start_step),
         versions={**runs.data_versions(), **runs.git_state()},
+        run_id=logger.run_id if logger else None,
     )
     save_model(out, module.unet, vae, module.schedule, card)
     grid.out = out / "samples.png"

@@ -112,3 +112,42 @@ def open_logger(params: TrackingParams, checkpoints: Path, run_name: str, resume
     if getattr(rank_zero_only, "rank", 0) == 0 and logger.run_id:  # other DDP ranks log nothing
         save_run_id(checkpoints, uri, logger.run_id)
     return logger
+
+
+def log_results(
+    params: TrackingParams,
+    run_id: str | None,
+    metrics: dict[str, float],
+    artifacts: dict[str, list[Path]],
+    run_name: str,
+) -> str:
+    """Log metrics and files (by artifact folder) to the run `run_id`, the training run of the model
+    they describe, or to a new run `run_name` when that run is unknown here. Returns the run id."""
+    import time
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri(params))
+    created = False
+    if run_id is not None:
+        try:
+            client.get_run(run_id)
+        except MlflowException:
+            run_id = None
+    if run_id is None:
+        experiment = client.get_experiment_by_name(params.experiment)
+        experiment_id = (
+            experiment.experiment_id if experiment else client.create_experiment(params.experiment)
+        )
+        run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
+        created = True
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()])
+    for folder, paths in artifacts.items():
+        for path in paths:
+            client.log_artifact(run_id, str(path), folder)
+    if created:
+        client.set_terminated(run_id)
+    return run_id

@@ -1,0 +1,213 @@
+"""Stylized sampling and the style evaluation on a tiny trained pipeline: the database swap, seeds,
+`rdm sample` from the registered model, and the evaluation report."""
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from PIL import Image
+
+from rdm.config import Config, load_config
+from rdm.evaluation.classifier import fit_classifier
+from rdm.models.package import ModelError, load_model
+from rdm.sampling.batch import METHODS, POSTFIX, RETRIEVAL, Request
+from rdm.stages import evaluate, sample
+from rdm.stages.sample import open_sampler
+from tests.support import TRACKING, run_pipeline, write_params
+
+pytestmark = pytest.mark.slow
+
+STYLES = ["hatching", "mosaic", "neon", "pixel_art", "pointillism", "ukiyo_e", "watercolor"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Config]:
+    """The tiny pipeline through `train`, with 24 images per style collection, tracked in ./mlflow.db."""
+    root = tmp_path_factory.mktemp("sampling")
+    changes = {
+        "generate": {"style_images": 24},
+        "clip": {"epochs": 10},
+        "sample": {"per_style": 3, "k": 5, "steps": 4, "batch_size": 16},
+        "evaluate": {"classifier": {"epochs": 200}},
+    }
+    with contextlib.chdir(root):
+        config = load_config(write_params(root, **changes))
+        run_pipeline(config, train_model=True)
+    return root, config
+
+
+@pytest.fixture
+def in_trained(trained: tuple[Path, Config], monkeypatch: pytest.MonkeyPatch) -> Config:
+    monkeypatch.chdir(trained[0])
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return trained[1]
+
+
+def test_swapping_the_collection_changes_the_neighbours_to_that_style_and_nothing_else(
+    in_trained: Config,
+) -> None:
+    model = load_model(Path(in_trained.train.out), "cpu")
+    with open_sampler(in_trained, model, {"uri": "test"}, k=5) as sampler:
+        neon = sampler.contexts.for_texts(["a red circle"], "style-neon")
+        mosaic = sampler.contexts.for_texts(["a red circle"], "style-mosaic")
+        records = sampler.draw(
+            [Request("a red circle", "neon", RETRIEVAL, 7), Request("a red circle", "mosaic", RETRIEVAL, 7)],
+            Path("swap"),
+            progress=False,
+        )
+    assert neon.context.shape == mosaic.context.shape == (1, 6, model.card.context_dim)
+    assert {hit.payload["style"] for hit in neon.hits[0]} == {"neon"}
+    assert {hit.payload["style"] for hit in mosaic.hits[0]} == {"mosaic"}
+    assert np.array_equal(neon.context[0, 0], mosaic.context[0, 0])  # the same text token
+    assert not np.allclose(neon.context[0, 1:], mosaic.context[0, 1:])
+
+    changed = {key for key in records[0] if records[0][key] != records[1][key]}
+    assert changed == {"style", "collection", "neighbors", "file"}
+    assert {n["style"] for n in records[1]["neighbors"]} == {"mosaic"}
+
+
+def test_the_same_seed_gives_the_same_image(in_trained: Config) -> None:
+    model = load_model(Path(in_trained.train.out), "cpu")
+    requests = [Request("a blue heart", "neon", RETRIEVAL, 3), Request("a blue heart", "neon", RETRIEVAL, 4)]
+    with open_sampler(in_trained, model, {"uri": "test"}, k=5) as sampler:
+        first = sampler.draw(requests, Path("seed-a"), progress=False)
+        again = sampler.draw(requests[:1], Path("seed-b"), progress=False)  # alone, not in a batch of two
+    pixels = [
+        np.asarray(Image.open(folder / r["file"]))
+        for folder, r in [(Path("seed-a"), first[0]), (Path("seed-b"), again[0]), (Path("seed-a"), first[1])]
+    ]
+    assert np.array_equal(pixels[0], pixels[1])
+    assert not np.array_equal(pixels[0], pixels[2])
+
+
+def test_rdm_sample_draws_from_the_registered_model(trained: tuple[Path, Config]) -> None:
+    root, _ = trained
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+
+    def rdm(*args: str) -> str:
+        done = subprocess.run(["rdm", *args], cwd=root, env=env, capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    out = rdm(
+        "sample",
+        "--prompt",
+        "a red star",
+        "--style",
+        "neon",
+        "--style",
+        "watercolor",
+        "-n",
+        "2",
+        "-k",
+        "5",
+        "--steps",
+        "3",
+        "--out",
+        "cli-samples",
+    )
+    assert "from models:/rdm@latest (version 1" in out
+    records = [json.loads(line) for line in (root / "cli-samples" / "samples.jsonl").read_text().splitlines()]
+    assert [(r["style"], r["seed"]) for r in records] == [
+        ("neon", 0),
+        ("neon", 1),
+        ("watercolor", 0),
+        ("watercolor", 1),
+    ]
+    assert all(r["model"]["version"] == "1" and r["model"]["run_id"] for r in records)
+    assert all(len(r["neighbors"]) == 5 and r["k"] == 5 and r["steps"] == 3 for r in records)
+    assert all((root / "cli-samples" / r["file"]).is_file() for r in records)
+    with Image.open(root / "cli-samples" / "grid-retrieval.png") as grid:
+        assert grid.width > 2 * 32 and grid.height > 2 * 32  # two styles across, two seeds down
+
+    rdm(
+        "sample",
+        "--prompt",
+        "a red star",
+        "--style",
+        "neon",
+        "--postfix",
+        "-n",
+        "1",
+        "-k",
+        "5",
+        "--steps",
+        "3",
+        "--sampler",
+        "dpm",
+        "--model",
+        "models/rdm",
+        "--out",
+        "cli-postfix",
+    )
+    (postfix,) = [
+        json.loads(line) for line in (root / "cli-postfix" / "samples.jsonl").read_text().splitlines()
+    ]
+    assert postfix["collection"] == "d_train" and postfix["query"] == "a red star in the style of neon"
+    assert postfix["sampler"] == "dpm" and postfix["model"]["uri"] == "models/rdm"
+
+
+def test_the_classifier_beats_chance_on_held_out_style_images(in_trained: Config) -> None:
+    from rdm.data.manifest import read_manifest
+    from rdm.embedding.model import read_card
+    from rdm.embedding.vectors import VectorChunks
+
+    styles = read_manifest(Path(in_trained.prepare.out) / "styles.parquet")
+    vectors = VectorChunks(Path(in_trained.embed.out) / "styles", read_card(Path(in_trained.clip.out)))
+    fitted = fit_classifier(
+        vectors.vectors_for(list(styles["id"])), list(styles["style"]), in_trained.evaluate.classifier
+    )
+    assert fitted.classifier.styles == STYLES
+    assert fitted.holdout_size == 35  # 5 of each style's 24 images held out
+    assert fitted.holdout_accuracy >= 3 / len(STYLES), fitted.per_style_accuracy  # chance is 1/7
+
+
+def test_evaluation_reports_every_style_and_both_methods(in_trained: Config) -> None:
+    sample.run(in_trained, progress=False)
+    records = [json.loads(line) for line in Path("data/samples/samples.jsonl").read_text().splitlines()]
+    assert len(records) == len(STYLES) * len(METHODS) * 3
+    assert {r["collection"] for r in records if r["method"] == POSTFIX} == {"d_train"}
+    assert (
+        Path("data/samples/grid-retrieval.png").is_file() and Path("data/samples/grid-postfix.png").is_file()
+    )
+
+    metrics = evaluate.run(in_trained, progress=False)
+    table = pd.read_csv("reports/evaluate/styles.csv")
+    pairs = sorted(zip(table["style"], table["method"], strict=True))
+    assert pairs == sorted((s, m) for s in STYLES for m in METHODS)
+    assert table.loc[table["held_out"], "style"].unique().tolist() == ["ukiyo_e"]
+    assert table["accuracy"].between(0, 1).all() and (table["frechet"] > 0).all()
+    assert set(metrics["styles"]) == set(STYLES)
+    assert {"retrieval", "postfix", "relative_improvement"} <= set(metrics["held_out_styles"])
+    assert json.loads(Path("reports/evaluate.json").read_text()) == metrics
+    comparison = pd.read_csv("reports/evaluate/style_accuracy.csv")
+    assert list(comparison["style"]) == STYLES and "relative_improvement" in comparison
+    assert Path("reports/evaluate/style_accuracy.png").stat().st_size > 10_000
+
+    run_id = records[0]["model"]["run_id"]  # logged into the model's training run
+    run = MlflowClient(TRACKING).get_run(run_id)
+    assert run.data.metrics["eval/classifier.holdout_top1"] == metrics["classifier"]["holdout_top1"]
+    assert "eval/seen_styles.retrieval.accuracy" in run.data.metrics
+    logged = {a.path for a in MlflowClient(TRACKING).list_artifacts(run_id, "evaluation")}
+    assert {"evaluation/style_accuracy.png", "evaluation/target_logits.png", "evaluation/grids"} <= logged
+
+
+def test_sampling_refuses_a_model_of_another_clip(in_trained: Config, tmp_path: Path) -> None:
+    shutil.copytree(in_trained.train.out, tmp_path / "model")
+    card = json.loads((tmp_path / "model" / "rdm.json").read_text()) | {
+        "clip_fingerprint": "0123456789abcdef"
+    }
+    (tmp_path / "model" / "rdm.json").write_text(json.dumps(card))
+    model = load_model(tmp_path / "model", "cpu")
+    refused = pytest.raises(ModelError, match=r"trained with CLIP .*0123456789abcdef.*dvc repro train")
+    with refused, open_sampler(in_trained, model, {}, k=5):
+        pass
