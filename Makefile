@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(VENV)/bin/python -m pip install --quiet -c requirements.lock -e '.[dev]'
 	@touch $@
 
-demo: install  ## run the pipeline on the built-in demo data (dvc repro)
+demo: install  ## run the pipeline on the built-in demo data (dvc repro), then print the style table
 	dvc repro
 	@echo
 	@echo "Demo outputs:"
@@ -29,11 +29,16 @@ demo: install  ## run the pipeline on the built-in demo data (dvc repro)
 	@echo "  data/embeddings/     CLIP vectors;  data/qdrant/  the collections;  data/neighbors/  training neighbours"
 	@echo "  models/autoencoder/  the autoencoder;  reports/autoencoder.json  its held-out PSNR"
 	@echo "  models/rdm/          the trained model (samples.png: validation images above, samples below)"
+	@echo "  data/samples/        every style by retrieval and by postfix: images/, samples.jsonl, grid-*.png"
+	@echo "  reports/evaluate/    the style table (CSV) and charts (style_accuracy.png, target_logits.png)"
 	@echo "  mlflow.db            the MLflow runs and the registered model rdm: mlflow ui --backend-store-uri sqlite:///mlflow.db"
 	@echo
 	rdm collections
 	@echo
-	@echo 'Try: rdm search --text "a red star in the style of pointillism" --collection d_train -k 8'
+	rdm report
+	@echo
+	@echo 'Try: rdm sample --prompt "a red star" --style neon --style mosaic -n 4 --out samples/star'
+	@echo '     rdm search --text "a red star in the style of pointillism" --collection d_train -k 8'
 
 
 test: install  ## the whole suite, slow end-to-end tests included (what CI runs)

@@ -42,6 +42,8 @@ TINY = {
         "log_every_n_steps": 2,
         "warmup_steps": 2,
     },
+    "sample": {"per_style": 3, "k": 5, "steps": 4, "batch_size": 16},
+    "evaluate": {"classifier": {"epochs": 200}},
 }
 """The project's params shrunk to a few dozen images and a few training steps (tests and CI)."""
 

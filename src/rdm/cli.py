@@ -69,6 +69,25 @@ def _evaluate(config: Config, args: argparse.Namespace) -> None:
     evaluate.run(config)
 
 
+def _report(config: Config, args: argparse.Namespace) -> None:
+    """Print the last evaluation's style table (what `make demo` ends with)."""
+    import json
+
+    import pandas as pd
+
+    from rdm.evaluation.report import format_table
+
+    table, metrics = Path(config.evaluate.plots) / "style_accuracy.csv", Path(config.evaluate.metrics)
+    if not table.is_file() or not metrics.is_file():
+        raise UserError(f"{table}: no evaluation yet; run `dvc repro evaluate` (or `rdm evaluate`)")
+    classifier = json.loads(metrics.read_text())["classifier"]
+    print(
+        f"style classifier: top-1 {classifier['holdout_top1']:.1%} on {classifier['holdout_images']} "
+        f"held-out collection images (chance {classifier['chance']:.1%})"
+    )
+    print(format_table(pd.read_csv(table)))
+
+
 def _sample(config: Config, args: argparse.Namespace) -> None:
     """Draw prompts x styles x seeds with a trained model, by retrieval from each style's collection
     (or, with --postfix, by the prompt plus "in the style of <style>" retrieved from D_train)."""
@@ -223,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--model", help="models:/rdm@latest (default sample.model), a model folder, or a .ckpt")
     smp.add_argument("--out", required=True, help="folder for images/, samples.jsonl and the grid")
     smp.set_defaults(func=_sample)
+
+    rep = verbs.add_parser("report", help="print the last evaluation's style table")
+    rep.set_defaults(func=_report)
 
     col = verbs.add_parser("collections", help="list (or drop) the vector collections")
     col.add_argument("action", nargs="?", choices=["list", "drop"], default="list")

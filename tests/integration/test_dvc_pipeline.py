@@ -65,11 +65,14 @@ def test_repro_skips_when_unchanged_and_round_trips_the_remote(clone: tuple[Path
     manifest = repo / "data" / "prepared" / "train.parquet"
     assert manifest.is_file()
     assert "Running stage 'train'" in first and (repo / "models" / "rdm" / "rdm.json").is_file()
+    assert "Running stage 'evaluate'" in first and "seen styles" in first  # the style table
+    assert (repo / "reports" / "evaluate" / "style_accuracy.png").is_file()
     # the MLflow run records the DVC versions of its data and the commit it ran from
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     neighbors_md5 = lock["stages"]["neighbors"]["outs"][0]["md5"]
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     (mlflow_run,) = client.search_runs([client.get_experiment_by_name("rdm").experiment_id])
+    assert "eval/classifier.holdout_top1" in mlflow_run.data.metrics  # the evaluation joined the training run
     assert mlflow_run.data.tags["data.neighbors.md5"] == neighbors_md5
     head = run(["git", "rev-parse", "HEAD"], repo, env).strip()
     assert mlflow_run.data.tags["mlflow.source.git.commit"] == head

@@ -35,8 +35,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Config]:
     changes = {
         "generate": {"style_images": 24},
         "clip": {"epochs": 10},
-        "sample": {"per_style": 3, "k": 5, "steps": 4, "batch_size": 16},
-        "evaluate": {"classifier": {"epochs": 200}},
     }
     with contextlib.chdir(root):
         config = load_config(write_params(root, **changes))

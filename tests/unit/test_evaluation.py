@@ -83,6 +83,7 @@ def test_comparison_gives_the_relative_improvement_of_retrieval_over_postfix() -
                 "target_logit": a,
                 "frechet": 1.0,
                 "clip_score": 0.2,
+                "on_style_neighbors": 1.0,
             }
             for s, m, h, a in rows
         ]

@@ -15,7 +15,7 @@ from rdm.evaluation.classifier import FittedClassifier
 from rdm.evaluation.metrics import cosine_similarity, frechet_distance
 from rdm.sampling.batch import POSTFIX, RETRIEVAL
 
-METRICS = ("accuracy", "target_logit", "frechet", "clip_score")
+METRICS = ("accuracy", "target_logit", "frechet", "clip_score", "on_style_neighbors")
 
 
 def score_samples(
@@ -42,6 +42,7 @@ def score_samples(
             "clip_score": cosine_similarity(
                 features, np.stack([prompt_vectors[r["prompt"]] for r in records])
             ),
+            "on_style_neighbors": [_share(r["neighbors"], r["style"]) for r in records],
         }
     )
     rows = []
@@ -56,9 +57,15 @@ def score_samples(
                 "target_logit": float(group["target_logit"].mean()),
                 "frechet": frechet_distance(features[group.index.to_numpy()], collections[str(style)]),
                 "clip_score": float(group["clip_score"].mean()),
+                "on_style_neighbors": float(group["on_style_neighbors"].mean()),
             }
         )
     return pd.DataFrame(rows)
+
+
+def _share(neighbors: Sequence[dict[str, Any]], style: str) -> float:
+    """The share of a sample's retrieved neighbours that belong to its target style."""
+    return sum(n.get("style") == style for n in neighbors) / len(neighbors) if neighbors else float("nan")
 
 
 def compare_methods(table: pd.DataFrame) -> pd.DataFrame:
@@ -111,7 +118,7 @@ def format_table(comparison: pd.DataFrame) -> str:
     """The style table people read: accuracy and target logit of both methods, and the gain."""
     lines = [
         f"{'style':16s} {'retrieval':>9s} {'postfix':>8s} {'rel.gain':>8s}   {'logit r':>7s} {'logit p':>7s}"
-        f"   {'FD r':>6s} {'FD p':>6s}   {'CLIP r':>6s} {'CLIP p':>6s}"
+        f"   {'FD r':>6s} {'FD p':>6s}   {'CLIP r':>6s} {'CLIP p':>6s}   {'style nn p':>10s}"
     ]
     for _, row in comparison.iterrows():
         name = f"{row['style']}{' (held out)' if row['held_out'] else ''}"
@@ -121,8 +128,13 @@ def format_table(comparison: pd.DataFrame) -> str:
             f"{'n/a' if pd.isna(gain) else f'{gain:+.0%}':>8s}   "
             f"{row['target_logit_retrieval']:7.2f} {row['target_logit_postfix']:7.2f}   "
             f"{row['frechet_retrieval']:6.3f} {row['frechet_postfix']:6.3f}   "
-            f"{row['clip_score_retrieval']:6.3f} {row['clip_score_postfix']:6.3f}"
+            f"{row['clip_score_retrieval']:6.3f} {row['clip_score_postfix']:6.3f}   "
+            f"{row['on_style_neighbors_postfix']:10.0%}"
         )
+    seen = comparison[~comparison["held_out"].astype(bool)]
+    retrieval, postfix = seen["accuracy_retrieval"].mean(), seen["accuracy_postfix"].mean()
+    gain = f"{(retrieval - postfix) / postfix:+.0%}" if postfix else "n/a"
+    lines.append(f"{'seen styles':16s} {retrieval:9.0%} {postfix:8.0%} {gain:>8s}   (mean over styles)")
     return "\n".join(lines)
 
 

@@ -270,6 +270,9 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     grid.out = out / "samples.png"
     grid.draw(trainer, module.eval())
     metrics = {k: round(float(v), 5) for k, v in trainer.callback_metrics.items() if "/" in k}
+    if start_step >= params.max_steps and logger:  # trained earlier: the losses its run logged last
+        logged = logger.experiment.get_run(logger.run_id).data.metrics
+        metrics = {k: round(float(v), 5) for k, v in logged.items() if k in ("train/loss", "val/loss")}
     report: dict[str, Any] = {
         "steps": card.steps,
         "resumed_from_step": start_step,
