@@ -12,6 +12,8 @@ import yaml
 from PIL import Image
 
 if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
     from rdm.config import Config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +60,13 @@ def deep_update(base: dict, changes: dict) -> dict:
 
 TRACKING = "sqlite:///mlflow.db"
 """Tests track into an SQLite store in their own working folder."""
+
+
+def tracking_client(root: Path) -> MlflowClient:
+    """A client of the store in `root`, by absolute path: MLflow caches stores by URI string."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
 
 
 def write_params(root: Path, name: str = "params.yaml", **changes: dict) -> Path:

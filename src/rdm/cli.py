@@ -103,7 +103,7 @@ def _sample(config: Config, args: argparse.Namespace) -> None:
     method = POSTFIX if args.postfix else RETRIEVAL
     queries = [str(args.image)] if args.image else args.prompt
     requests = [
-        Request(query, style, method, args.seed + i, image=args.image)
+        Request(query, style, method, args.seed + i, image=str(args.image) if args.image else None)
         for query in queries
         for style in args.style
         for i in range(args.n)

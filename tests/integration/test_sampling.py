@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow import MlflowClient
+import torch
 from PIL import Image
 
 from rdm.config import Config, load_config
@@ -21,7 +21,7 @@ from rdm.models.package import ModelError, load_model
 from rdm.sampling.batch import METHODS, POSTFIX, RETRIEVAL, Request
 from rdm.stages import evaluate, sample
 from rdm.stages.sample import open_sampler
-from tests.support import TRACKING, run_pipeline, write_params
+from tests.support import run_pipeline, tracking_client, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -153,6 +153,29 @@ def test_rdm_sample_draws_from_the_registered_model(trained: tuple[Path, Config]
     assert postfix["collection"] == "d_train" and postfix["query"] == "a red star in the style of neon"
     assert postfix["sampler"] == "dpm" and postfix["model"]["uri"] == "models/rdm"
 
+    image = sorted((root / "data" / "prepared" / "images").rglob("*.png"))[0]
+    rdm("sample", "--image", str(image), "--style", "mosaic", "-n", "1", "-k", "5", "--steps", "3",
+        "--out", "cli-image")  # fmt: skip
+    (by_image,) = [
+        json.loads(line) for line in (root / "cli-image" / "samples.jsonl").read_text().splitlines()
+    ]
+    assert by_image["image"] == by_image["query"] == str(image)
+    assert {n["style"] for n in by_image["neighbors"]} == {"mosaic"}
+
+
+def test_a_training_checkpoint_samples_with_its_ema_weights(in_trained: Config) -> None:
+    from rdm.sampling.source import open_model
+
+    folder, folder_info = open_model(in_trained.train.out, in_trained, "cpu")
+    checkpoint, info = open_model(str(Path(in_trained.train.checkpoints) / "last.ckpt"), in_trained, "cpu")
+    assert info["steps"] == folder_info["steps"] == in_trained.train.max_steps
+    for name, weight in folder.unet.state_dict().items():  # the last checkpoint holds the saved EMA model
+        assert torch.equal(weight, checkpoint.unet.state_dict()[name]), name
+    with pytest.raises(ModelError, match="no such checkpoint"):
+        open_model("models/checkpoints/missing.ckpt", in_trained, "cpu")
+    with pytest.raises(ModelError, match="not found in the MLflow registry"):
+        open_model("models:/no-such-model@latest", in_trained, "cpu")
+
 
 def test_the_classifier_beats_chance_on_held_out_style_images(in_trained: Config) -> None:
     from rdm.data.manifest import read_manifest
@@ -192,10 +215,11 @@ def test_evaluation_reports_every_style_and_both_methods(in_trained: Config) -> 
     assert Path("reports/evaluate/style_accuracy.png").stat().st_size > 10_000
 
     run_id = records[0]["model"]["run_id"]  # logged into the model's training run
-    run = MlflowClient(TRACKING).get_run(run_id)
+    client = tracking_client(Path.cwd())
+    run = client.get_run(run_id)
     assert run.data.metrics["eval/classifier.holdout_top1"] == metrics["classifier"]["holdout_top1"]
     assert "eval/seen_styles.retrieval.accuracy" in run.data.metrics
-    logged = {a.path for a in MlflowClient(TRACKING).list_artifacts(run_id, "evaluation")}
+    logged = {a.path for a in client.list_artifacts(run_id, "evaluation")}
     assert {"evaluation/style_accuracy.png", "evaluation/target_logits.png", "evaluation/grids"} <= logged
 
 

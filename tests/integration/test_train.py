@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from rdm.config import Config, load_config
 from rdm.stages import train
 from rdm.stages.train import TrainError
-from tests.support import TRACKING, run_pipeline, write_params
+from tests.support import run_pipeline, tracking_client, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +57,7 @@ def test_training_is_tracked_registered_and_loads_in_a_fresh_process(in_pipeline
     report = train.run(config, progress=False)
     assert report["steps"] == 12 and report["registered"]["alias_uri"] == "models:/rdm@latest"
 
-    client = MlflowClient(TRACKING)
+    client = tracking_client(Path.cwd())
     run = client.get_run(json.loads(Path("models/ckpt-tracked/mlflow_run.json").read_text())["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["train.k"] == "4" and run.data.params["autoencoder.image_size"] == "32"

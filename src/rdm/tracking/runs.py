@@ -28,7 +28,17 @@ VERSIONED_OUTPUTS = {
 
 def tracking_uri(params: TrackingParams) -> str:
     """MLFLOW_TRACKING_URI if set (e.g. the server of `make services`), else `tracking.tracking_uri`."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or params.tracking_uri
+    return absolute_uri(os.environ.get("MLFLOW_TRACKING_URI") or params.tracking_uri)
+
+
+def absolute_uri(uri: str) -> str:
+    """A relative SQLite store (`sqlite:///mlflow.db`) made absolute against the current folder. MLflow
+    caches one store per URI string, so a relative one would keep writing to the folder it was first
+    opened in, whatever the process's folder is later."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path.cwd() / uri.removeprefix(prefix))
+    return uri
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -78,7 +88,7 @@ def saved_run_id(checkpoints: Path, uri: str) -> str | None:
     if not path.is_file():
         return None
     saved = json.loads(path.read_text())
-    return saved["run_id"] if saved.get("tracking_uri") == uri else None
+    return saved["run_id"] if absolute_uri(saved.get("tracking_uri", "")) == uri else None
 
 
 def save_run_id(checkpoints: Path, uri: str, run_id: str) -> None:
