@@ -21,6 +21,13 @@ from rdm.embedding.model import ClipCard
 from rdm.errors import UserError
 
 POINT_NAMESPACE = uuid.UUID("5b0c8f0e-3f7a-4d7e-9a53-0c7f2f0e6a11")
+D_TRAIN = "d_train"
+"""The training database's collection: where training neighbours (and the postfix baseline's) come from."""
+
+
+def style_collection(style: str) -> str:
+    """The collection of one style's images: what sampling swaps in."""
+    return f"style-{style}"
 
 
 def point_id(image_id: str) -> str:

@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from rdm.config import SampleParams
 from rdm.models.package import RetrievalDiffusionModel
+from rdm.retrieval.store import D_TRAIN, style_collection
 from rdm.sampling.context import Conditioning, ContextBuilder
-from rdm.stages.embed import D_TRAIN, style_collection
 
 RETRIEVAL, POSTFIX = "retrieval", "postfix"
 METHODS = (RETRIEVAL, POSTFIX)

@@ -20,14 +20,9 @@ from rdm.embedding import model as clip_model
 from rdm.embedding.encode import encode_paths
 from rdm.embedding.vectors import VectorChunks
 from rdm.files import write_json
-from rdm.retrieval.store import VectorStore, open_store
+from rdm.retrieval.store import D_TRAIN, VectorStore, open_store, style_collection
 
 SPLITS = ("train", "d_train", "styles")
-D_TRAIN = "d_train"
-
-
-def style_collection(style: str) -> str:
-    return f"style-{style}"
 
 
 def embed_split(
