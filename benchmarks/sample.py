@@ -99,10 +99,13 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--points", type=int, default=1000, help="vectors in the collection searched")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (CUDA graphs on GPU)")
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, clip_name = build_model(args.size, device)
+    if args.compile:
+        model.compile()
     clip_model, preprocess = create(clip_name)
     import open_clip
 
@@ -158,6 +161,7 @@ def main() -> None:
             {
                 "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                 "size": args.size,
+                "compiled": args.compile,
                 "ddim50_img_per_s": largest["ddim50_img_per_s"],
                 "dpm20_img_per_s": largest["dpm20_img_per_s"],
                 "retrieval_ms": largest["retrieval_ms"],

@@ -109,6 +109,8 @@ def _sample(config: Config, args: argparse.Namespace) -> None:
         for i in range(args.n)
     ]
     model, info = open_model(args.model or params.model, config, params.device)
+    if args.compile or params.compile:
+        model.compile()
     out = Path(args.out)
     with open_sampler(config, model, info, params.k) as sampler:
         records = sampler.draw(requests, out)
@@ -239,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     smp.add_argument("--sampler", choices=["ddim", "dpm"], help="default sample.sampler: ddim")
     smp.add_argument("--seed", type=int, default=0)
+    smp.add_argument("--compile", action="store_true", help="torch.compile the UNet (worth it on a GPU)")
     smp.add_argument("--model", help="models:/rdm@latest (default sample.model), a model folder, or a .ckpt")
     smp.add_argument("--out", required=True, help="folder for images/, samples.jsonl and the grid")
     smp.set_defaults(func=_sample)

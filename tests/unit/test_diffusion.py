@@ -134,3 +134,23 @@ def test_dpm_solver_follows_the_same_ode_as_ddim_in_fewer_steps() -> None:
     )
     with pytest.raises(ValueError, match="unknown sampler 'plms'"):
         make_sampler("plms", module.schedule.config)
+
+
+@pytest.mark.slow
+def test_a_compiled_model_draws_the_same_images() -> None:
+    """torch.compile (inductor here; CUDA graphs on a GPU) changes the speed, not the pictures."""
+    from rdm.config import AutoencoderParams
+    from rdm.models import autoencoder
+    from rdm.models.package import ModelCard, RetrievalDiffusionModel
+
+    module = tiny_module().eval()
+    shape = AutoencoderParams(image_size=16, block_out_channels=[8, 8], latent_channels=4)  # latents 4x8x8
+    vae = autoencoder.build(shape).eval()
+    card = ModelCard(2, DIM, LATENT, 16, 1.0, "rdm-tiny", "test", 0)
+    model = RetrievalDiffusionModel(module.unet, vae, module.schedule.config, card)
+    context = build_context(torch.randn(2, DIM), torch.randn(2, 2, DIM))
+    eager = model.generate(context, steps=3, guidance_scale=3.0, seed=[4, 9])
+    model.compile()
+    compiled = model.generate(context, steps=3, guidance_scale=3.0, seed=[4, 9])
+    assert eager.shape == (2, 16, 16, 3)
+    assert int(abs(compiled.astype(int) - eager.astype(int)).max()) <= 1  # uint8 rounding at most

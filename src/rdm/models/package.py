@@ -60,6 +60,13 @@ class RetrievalDiffusionModel:
     def device(self) -> torch.device:
         return torch.device(self.unet.device)
 
+    def compile(self) -> None:
+        """Compile the UNet with torch.compile, with CUDA graphs on a GPU, where the diffusers UNet's
+        many small kernels otherwise leave it waiting on the host. Results are unchanged."""
+        self.unet = torch.compile(
+            self.unet, mode="reduce-overhead" if self.device.type == "cuda" else "default"
+        )
+
     def generate(
         self,
         context: torch.Tensor,

@@ -77,6 +77,8 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     params = config.sample
     started = time.perf_counter()
     model = load_model(Path(config.train.out), params.device)
+    if params.compile:
+        model.compile()
     info = {"uri": config.train.out, "version": None, "run_id": model.card.run_id, "steps": model.card.steps}
     requests = plan(
         evaluation_prompts(config.prepare),
