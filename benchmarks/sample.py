@@ -118,8 +118,7 @@ def main() -> None:
     )
     dtypes = [torch.float32, torch.bfloat16] if device.type == "cuda" else [torch.float32]
     results: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        store = open_store(StoreParams(path=str(Path(tmp) / "qdrant")))
+    with tempfile.TemporaryDirectory() as tmp, open_store(StoreParams(path=f"{tmp}/qdrant")) as store:
         rng = np.random.default_rng(0)
         vectors = rng.normal(size=(args.points, card.embed_dim)).astype(np.float32)
         ids = [f"{i:064x}" for i in range(args.points)]
@@ -153,7 +152,6 @@ def main() -> None:
             if model.unet.dtype != torch.float32:
                 model.unet.to(torch.float32)
             results[str(batch)] = {k: round(v, 3) for k, v in row.items()}
-        store.close()
 
     largest = results[str(max(args.batches))]
     print(

@@ -91,14 +91,24 @@ def _report(config: Config, args: argparse.Namespace) -> None:
 def _sample(config: Config, args: argparse.Namespace) -> None:
     """Draw prompts x styles x seeds with a trained model, by retrieval from each style's collection
     (or, with --postfix, by the prompt plus "in the style of <style>" retrieved from D_train)."""
-    from rdm.sampling.batch import POSTFIX, RETRIEVAL, Request
+    from pydantic import ValidationError
+
+    from rdm.config import ConfigError, SampleParams
+    from rdm.sampling.batch import POSTFIX, RETRIEVAL, Request, on_style_share, open_sampler
+    from rdm.sampling.grid import write_grids
     from rdm.sampling.source import open_model
-    from rdm.stages.sample import open_sampler, write_grids
 
     if args.image and args.postfix:
         raise UserError("--postfix writes the style into a text prompt; use it with --prompt, not --image")
     chosen = {"k": args.k, "steps": args.steps, "guidance_scale": args.scale, "sampler": args.sampler}
-    params = config.sample.model_copy(update={k: v for k, v in chosen.items() if v is not None})
+    try:  # the options pass the same checks as params.yaml's sample section
+        params = SampleParams.model_validate(
+            config.sample.model_dump() | {k: v for k, v in chosen.items() if v is not None}
+        )
+    except ValidationError as exc:
+        flags = {"guidance_scale": "--scale", "k": "-k", "steps": "--steps", "sampler": "--sampler"}
+        problems = [f"{flags.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError("rdm sample: " + "; ".join(problems)) from None
     config = config.model_copy(update={"sample": params})
     method = POSTFIX if args.postfix else RETRIEVAL
     queries = [str(args.image)] if args.image else args.prompt
@@ -113,15 +123,16 @@ def _sample(config: Config, args: argparse.Namespace) -> None:
         model.compile()
     out = Path(args.out)
     with open_sampler(config, model, info, params.k) as sampler:
+        sampler.check_styles(args.style)
         records = sampler.draw(requests, out)
     grids = write_grids(records, out, max_rows=len(queries) * args.n)
     print(f"{len(records)} images from {info['uri']} (version {info['version']}, {info['steps']} steps)")
     for style in args.style:
         mine = [r for r in records if r["style"] == style]
-        found = [n["style"] for r in mine for n in r["neighbors"]]
-        share = sum(f == style for f in found) / max(1, len(found))
+        neighbors = [n for r in mine for n in r["neighbors"]]
+        share = on_style_share(neighbors, style)
         collection = mine[0]["collection"]
-        print(f"  {style:14s} from {collection:18s} {share:4.0%} of {len(found)} neighbours are {style}")
+        print(f"  {style:14s} from {collection:18s} {share:4.0%} of {len(neighbors)} neighbours are {style}")
     print(f"  images: {out / 'images'}  records: {out / 'samples.jsonl'}  grid: {', '.join(map(str, grids))}")
 
 
@@ -201,6 +212,13 @@ def _show_config(config: Config, args: argparse.Namespace) -> None:
     print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rdm", description="Retrieval-augmented diffusion pipeline.")
     parser.add_argument("--params", default=str(DEFAULT_PARAMS), help="params file (default: params.yaml)")
@@ -233,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument(
         "--postfix", action="store_true", help='baseline: prompt + "in the style of <style>" on D_train'
     )
-    smp.add_argument("-n", type=int, default=4, help="images per prompt and style (seeds seed..seed+n-1)")
+    smp.add_argument("-n", type=_positive, default=4, help="images per prompt and style (seeds seed..+n-1)")
     smp.add_argument("-k", type=int, help="neighbours retrieved (default sample.k: 19)")
     smp.add_argument("--steps", type=int, help="sampler steps (default sample.steps: 50)")
     smp.add_argument(

@@ -295,7 +295,7 @@ class SampleParams(Section):
     """The baseline: the prompt plus this text, retrieved from D_train; `{style}` is the style's words."""
     style_words: dict[str, str] = Field(default_factory=dict)
     """How a prompt names a style, when not the name with spaces (e.g. ukiyo_e: ukiyo-e)."""
-    per_style: PositiveInt = 70
+    per_style: Annotated[int, Field(ge=2)] = 70
     """Samples per style and per method in the `sample` stage (the paper: 70); prompts are cycled."""
     seed: int = 0
     batch_size: PositiveInt = 32

@@ -18,9 +18,8 @@ from PIL import Image
 from rdm.config import Config, load_config
 from rdm.evaluation.classifier import fit_classifier
 from rdm.models.package import ModelError, load_model
-from rdm.sampling.batch import METHODS, POSTFIX, RETRIEVAL, Request
+from rdm.sampling.batch import METHODS, POSTFIX, RETRIEVAL, Request, open_sampler
 from rdm.stages import evaluate, sample
-from rdm.stages.sample import open_sampler
 from tests.support import run_pipeline, tracking_client, write_params
 
 pytestmark = pytest.mark.slow
@@ -233,3 +232,18 @@ def test_sampling_refuses_a_model_of_another_clip(in_trained: Config, tmp_path: 
     refused = pytest.raises(ModelError, match=r"trained with CLIP .*0123456789abcdef.*dvc repro train")
     with refused, open_sampler(in_trained, model, {}, k=5):
         pass
+
+
+def test_rdm_sample_refuses_bad_options_and_unknown_styles(
+    in_trained: Config, capsys: pytest.CaptureFixture
+) -> None:
+    from rdm.cli import main
+
+    base = ["sample", "--prompt", "a red star", "--model", "models/rdm", "--out", "refused"]
+    assert main([*base, "--style", "neon", "--steps", "0"]) == 2
+    assert "--steps: Input should be greater than or equal to 1" in capsys.readouterr().err
+    assert main([*base, "--style", "neon", "-k", "-1"]) == 2
+    assert "-k: Input should be greater than or equal to 0" in capsys.readouterr().err
+    assert main([*base, "--style", "cubism"]) == 2
+    assert "no collection for style(s) ['cubism']; the styles are ['hatching'," in capsys.readouterr().err
+    assert not Path("refused").exists()

@@ -13,7 +13,7 @@ import pandas as pd
 
 from rdm.evaluation.classifier import FittedClassifier
 from rdm.evaluation.metrics import cosine_similarity, frechet_distance
-from rdm.sampling.batch import POSTFIX, RETRIEVAL
+from rdm.sampling.batch import POSTFIX, RETRIEVAL, on_style_share
 
 METRICS = ("accuracy", "target_logit", "frechet", "clip_score", "on_style_neighbors")
 
@@ -42,7 +42,7 @@ def score_samples(
             "clip_score": cosine_similarity(
                 features, np.stack([prompt_vectors[r["prompt"]] for r in records])
             ),
-            "on_style_neighbors": [_share(r["neighbors"], r["style"]) for r in records],
+            "on_style_neighbors": [on_style_share(r["neighbors"], r["style"]) for r in records],
         }
     )
     rows = []
@@ -63,11 +63,6 @@ def score_samples(
     return pd.DataFrame(rows)
 
 
-def _share(neighbors: Sequence[dict[str, Any]], style: str) -> float:
-    """The share of a sample's retrieved neighbours that belong to its target style."""
-    return sum(n.get("style") == style for n in neighbors) / len(neighbors) if neighbors else float("nan")
-
-
 def compare_methods(table: pd.DataFrame) -> pd.DataFrame:
     """One row per style: each metric for both methods, and the relative improvement in accuracy of
     retrieval over postfix, (acc_retrieval - acc_postfix) / acc_postfix (Fig. 4a; NaN where postfix is 0)."""
@@ -86,12 +81,12 @@ def summary(table: pd.DataFrame, fitted: FittedClassifier) -> dict[str, Any]:
 
     def averaged(rows: pd.DataFrame) -> dict[str, Any]:
         means = {
-            m: {k: round(float(v), 4) for k, v in rows[rows["method"] == m][list(METRICS)].mean().items()}
+            m: {k: _number(v) for k, v in rows[rows["method"] == m][list(METRICS)].mean().items()}
             for m in (RETRIEVAL, POSTFIX)
         }
-        postfix = means[POSTFIX]["accuracy"]
-        gain = (means[RETRIEVAL]["accuracy"] - postfix) / postfix if postfix else None
-        return {**means, "relative_improvement": None if gain is None else round(gain, 4)}
+        retrieval, postfix = means[RETRIEVAL]["accuracy"], means[POSTFIX]["accuracy"]
+        gain = None if retrieval is None or not postfix else round((retrieval - postfix) / postfix, 4)
+        return {**means, "relative_improvement": gain}
 
     seen = table[~table["held_out"]]
     held = table[table["held_out"]]
@@ -106,12 +101,16 @@ def summary(table: pd.DataFrame, fitted: FittedClassifier) -> dict[str, Any]:
         **({"held_out_styles": averaged(held)} if len(held) else {}),
         "styles": {
             str(style): {
-                str(row["method"]): {m: round(float(row[m]), 4) for m in METRICS}
-                for _, row in rows.iterrows()
+                str(row["method"]): {m: _number(row[m]) for m in METRICS} for _, row in rows.iterrows()
             }
             for style, rows in table.groupby("style")
         },
     }
+
+
+def _number(value: Any) -> float | None:
+    """Rounded for the JSON report; None where there is no number (JSON has no NaN)."""
+    return None if pd.isna(value) else round(float(value), 4)
 
 
 def format_table(comparison: pd.DataFrame) -> str:
@@ -132,9 +131,10 @@ def format_table(comparison: pd.DataFrame) -> str:
             f"{row['on_style_neighbors_postfix']:10.0%}"
         )
     seen = comparison[~comparison["held_out"].astype(bool)]
-    retrieval, postfix = seen["accuracy_retrieval"].mean(), seen["accuracy_postfix"].mean()
-    gain = f"{(retrieval - postfix) / postfix:+.0%}" if postfix else "n/a"
-    lines.append(f"{'seen styles':16s} {retrieval:9.0%} {postfix:8.0%} {gain:>8s}   (mean over styles)")
+    if len(seen):
+        retrieval, postfix = seen["accuracy_retrieval"].mean(), seen["accuracy_postfix"].mean()
+        gain = f"{(retrieval - postfix) / postfix:+.0%}" if postfix else "n/a"
+        lines.append(f"{'seen styles':16s} {retrieval:9.0%} {postfix:8.0%} {gain:>8s}   (mean over styles)")
     return "\n".join(lines)
 
 
@@ -159,8 +159,12 @@ def draw_charts(comparison: pd.DataFrame, folder: Path) -> list[Path]:
     top.set_ylabel("style classifier top-1")
     top.set_ylim(0, 1)
     top.legend(loc="upper right", fontsize=8)
-    gains = comparison["relative_improvement"].fillna(0.0)
-    bottom.bar(x, gains, 0.5, color=["tab:green" if g >= 0 else "tab:red" for g in gains])
+    gains = comparison["relative_improvement"]
+    known = gains.notna().to_numpy()
+    colors = ["tab:green" if g >= 0 else "tab:red" for g in gains[known]]
+    bottom.bar(x[known], gains[known], 0.5, color=colors)
+    for position in x[~known]:  # postfix at 0 %: no ratio to draw
+        bottom.text(position, 0, "n/a", ha="center", va="bottom", fontsize=8)
     bottom.axhline(0, color="black", linewidth=0.8)
     bottom.set_ylabel("relative improvement\nof retrieval over postfix")
     bottom.set_xticks(x, labels, fontsize=8)

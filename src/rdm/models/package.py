@@ -62,7 +62,7 @@ class RetrievalDiffusionModel:
 
     def compile(self) -> None:
         """Compile the UNet with torch.compile, with CUDA graphs on a GPU, where the diffusers UNet's
-        many small kernels otherwise leave it waiting on the host. Results are unchanged."""
+        many small kernels otherwise leave it waiting on the host. Images change only by rounding."""
         self.unet = torch.compile(
             self.unet, mode="reduce-overhead" if self.device.type == "cuda" else "default"
         )

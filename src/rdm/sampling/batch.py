@@ -8,7 +8,8 @@ Methods:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from rdm.config import SampleParams
-from rdm.models.package import RetrievalDiffusionModel
+from rdm.config import Config, SampleParams
+from rdm.errors import UserError
+from rdm.models.package import ModelError, RetrievalDiffusionModel
 from rdm.retrieval.store import D_TRAIN, style_collection
 from rdm.sampling.context import Conditioning, ContextBuilder
 
@@ -55,6 +57,11 @@ def plan(
     ]
 
 
+def on_style_share(neighbors: Sequence[dict[str, Any]], style: str) -> float:
+    """The share of a sample's recorded neighbours that belong to `style` (NaN with no neighbours)."""
+    return sum(n.get("style") == style for n in neighbors) / len(neighbors) if neighbors else float("nan")
+
+
 class StylizedSampler:
     """One model and one retriever, drawing batches of requests with the settings of `sample`."""
 
@@ -82,6 +89,15 @@ class StylizedSampler:
     def collection(request: Request) -> str:
         return D_TRAIN if request.method == POSTFIX else style_collection(request.style)
 
+    def check_styles(self, styles: Sequence[str]) -> None:
+        """Refuse styles with no collection, naming the ones there are."""
+        prefix = style_collection("")
+        names = self.contexts.retriever.store.list_collections()
+        known = sorted(n.removeprefix(prefix) for n in names if n.startswith(prefix))
+        unknown = [s for s in styles if s not in known]
+        if unknown:
+            raise UserError(f"no collection for style(s) {unknown}; the styles are {known} (rdm collections)")
+
     def condition(self, requests: Sequence[Request]) -> Conditioning:
         """Contexts for requests in their order, retrieved collection by collection."""
         groups: dict[tuple[str, bool], list[int]] = {}
@@ -102,6 +118,8 @@ class StylizedSampler:
         """Sample every request into `out/images/`; returns the records (also in `out/samples.jsonl`)."""
         from rdm.files import write_jsonl
 
+        if not requests:
+            raise UserError("nothing to sample: no prompts, styles or images were asked for")
         (out / "images").mkdir(parents=True, exist_ok=True)
         conditioning = self.condition(requests)
         size = self.params.batch_size
@@ -141,3 +159,23 @@ class StylizedSampler:
             ],
             "model": self.model_info,
         }
+
+
+@contextmanager
+def open_sampler(
+    config: Config, model: RetrievalDiffusionModel, model_info: dict[str, Any], k: int
+) -> Iterator[StylizedSampler]:
+    """A sampler over the pipeline's CLIP and store; refuses a CLIP other than the model's."""
+    from rdm.embedding.model import load as load_clip
+    from rdm.retrieval.search import Retriever
+    from rdm.retrieval.store import open_store
+
+    clip = load_clip(Path(config.clip.out), config.sample.device)
+    if clip.card.fingerprint != model.card.clip_fingerprint:
+        raise ModelError(
+            f"the model was trained with CLIP {model.card.clip_model} [{model.card.clip_fingerprint}] but "
+            f"{config.clip.out} holds {clip.card.model} [{clip.card.fingerprint}]; sample with the CLIP "
+            "the model was trained with, or retrain it (`dvc repro train`)"
+        )
+    with open_store(config.store) as store:
+        yield StylizedSampler(model, ContextBuilder(Retriever(store, clip), k), config.sample, model_info)

@@ -37,3 +37,13 @@ def style_grid(
                 cell = image.convert("RGB").resize((side, side), Image.Resampling.NEAREST)
             grid.paste(cell, (LABEL + column * (side + PAD), top))
     return grid
+
+
+def write_grids(records: Sequence[dict[str, Any]], out: Path, max_rows: int) -> list[Path]:
+    """One grid per method in `records`: `out/grid-<method>.png`."""
+    paths = []
+    for method in dict.fromkeys(r["method"] for r in records):
+        path = out / f"grid-{method}.png"
+        style_grid([r for r in records if r["method"] == method], out, max_rows).save(path)
+        paths.append(path)
+    return paths

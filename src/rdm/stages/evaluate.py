@@ -59,7 +59,9 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     prompts = sorted({r["prompt"] for r in records})
     prompt_vectors = dict(zip(prompts, clip.encode_text(prompts).cpu().numpy(), strict=True))
     trained_styles = set(read_manifest(prepared / "train.parquet")["style"].dropna().astype(str))
-    held_out = {s for s in collections if s not in trained_styles}
+    held_out = {s for s in collections if s not in trained_styles} if trained_styles else set()
+    if not trained_styles:
+        print("evaluate: the training images carry no style labels, so no style is reported as held out")
 
     # 3. the report
     table = score_samples(records, features, prompt_vectors, fitted, collections, held_out)
