@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 import socket
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,6 +14,7 @@ import yaml
 from PIL import Image
 
 if TYPE_CHECKING:
+    import pytest
     from mlflow import MlflowClient
 
     from rdm.config import Config
@@ -77,6 +80,19 @@ def write_params(root: Path, name: str = "params.yaml", **changes: dict) -> Path
     path = root / name
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
+
+
+def work_in(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the test in `root`, tracking into its own store whatever MLFLOW_TRACKING_URI the shell has."""
+    monkeypatch.chdir(root)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def rdm_env() -> dict[str, str]:
+    """The environment for `rdm` subprocesses: this Python's scripts first, no outside tracking URI."""
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
 
 
 def run_pipeline(config: Config, train_model: bool = False) -> None:

@@ -3,10 +3,8 @@
 
 import contextlib
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ from rdm.evaluation.classifier import fit_classifier
 from rdm.models.package import ModelError, load_model
 from rdm.sampling.batch import METHODS, POSTFIX, RETRIEVAL, Request, open_sampler
 from rdm.stages import evaluate, sample
-from tests.support import run_pipeline, tracking_client, write_params
+from tests.support import rdm_env, run_pipeline, tracking_client, work_in, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -43,8 +41,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Config]:
 
 @pytest.fixture
 def in_trained(trained: tuple[Path, Config], monkeypatch: pytest.MonkeyPatch) -> Config:
-    monkeypatch.chdir(trained[0])
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    work_in(trained[0], monkeypatch)
     return trained[1]
 
 
@@ -87,11 +84,9 @@ def test_the_same_seed_gives_the_same_image(in_trained: Config) -> None:
 
 def test_rdm_sample_draws_from_the_registered_model(trained: tuple[Path, Config]) -> None:
     root, _ = trained
-    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
 
     def rdm(*args: str) -> str:
-        done = subprocess.run(["rdm", *args], cwd=root, env=env, capture_output=True, text=True, check=False)
+        done = subprocess.run(["rdm", *args], cwd=root, env=rdm_env(), capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
         return done.stdout
 

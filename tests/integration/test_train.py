@@ -3,7 +3,6 @@ after a kill into the same run, runnable as 2-process DDP on CPUs, and clear abo
 
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from mlflow import MlflowClient
 from rdm.config import Config, load_config
 from rdm.stages import train
 from rdm.stages.train import TrainError
-from tests.support import run_pipeline, tracking_client, write_params
+from tests.support import rdm_env, run_pipeline, tracking_client, work_in, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -35,8 +34,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Config]:
 
 @pytest.fixture
 def in_pipeline(pipeline: tuple[Path, Config], monkeypatch: pytest.MonkeyPatch) -> Config:
-    monkeypatch.chdir(pipeline[0])
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    work_in(pipeline[0], monkeypatch)
     return pipeline[1]
 
 
@@ -45,10 +43,8 @@ def with_train(config: Config, **changes: object) -> Config:
 
 
 def rdm(root: Path, *args: str) -> subprocess.Popen:
-    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.Popen(
-        ["rdm", *args], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ["rdm", *args], cwd=root, env=rdm_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
 
 
