@@ -3,6 +3,7 @@ after a kill into the same run, runnable as 2-process DDP on CPUs, and clear abo
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -52,6 +53,7 @@ def test_training_is_tracked_registered_and_loads_in_a_fresh_process(in_pipeline
     config = with_train(in_pipeline, checkpoints="models/ckpt-tracked", out="models/rdm-tracked")
     report = train.run(config, progress=False)
     assert report["steps"] == 12 and report["registered"]["alias_uri"] == "models:/rdm@latest"
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # MLflow exports it; the training puts it back
 
     client = tracking_client(Path.cwd())
     run = client.get_run(json.loads(Path("models/ckpt-tracked/mlflow_run.json").read_text())["run_id"])

@@ -61,8 +61,8 @@ def _from_registry(uri: str, config: Config, device: str) -> tuple[RetrievalDiff
             "train one (`dvc repro train`) or check MLFLOW_TRACKING_URI"
         ) from None
     with tempfile.TemporaryDirectory() as tmp:
-        mlflow.set_tracking_uri(store)
-        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version.version}", dst_path=tmp))
+        model_uri = f"models:/{name}/{version.version}"
+        local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=tmp, tracking_uri=store))
         cards = sorted(local.glob(f"artifacts/*/{CARD}"))
         if not cards:
             raise ModelError(

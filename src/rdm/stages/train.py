@@ -187,6 +187,16 @@ def trainer_for(params: TrainParams, callbacks: list[L.Callback], logger: Any, p
 
 
 def run(config: Config, progress: bool = True) -> dict[str, Any]:
+    """Train (or resume), save the EMA model to `train.out`, and log and register it in MLflow."""
+    from rdm.tracking.runs import tracking_at, tracking_uri
+
+    # MLflow (and Lightning's logger through it) exports the store as MLFLOW_TRACKING_URI: keep that
+    # to this training, so that a later one in the same process goes to its own configured store
+    with tracking_at(tracking_uri(config.tracking)):
+        return _train(config, progress)
+
+
+def _train(config: Config, progress: bool) -> dict[str, Any]:
     from diffusers import AutoencoderKL
 
     from rdm.models.autoencoder import decode

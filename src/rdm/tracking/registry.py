@@ -12,7 +12,7 @@ import numpy as np
 
 from rdm.config import TrackingParams
 from rdm.models.package import ModelCard
-from rdm.tracking.runs import tracking_uri
+from rdm.tracking.runs import tracking_at, tracking_uri
 
 REQUIREMENTS = ("torch", "diffusers", "safetensors", "numpy", "pillow", "pydantic", "PyYAML", "mlflow")
 """What the model's code imports, pinned to the versions it was trained with."""
@@ -28,12 +28,11 @@ def register_model(params: TrackingParams, run_id: str, folder: Path, card: Mode
     from rdm.tracking import pyfunc_model
 
     uri = tracking_uri(params)
-    mlflow.set_tracking_uri(uri)
     mlflow.flush_async_logging()  # the training's metrics first
     contexts = np.zeros((1, 1 + card.k, card.context_dim), dtype=np.float32)
     images = np.zeros((1, card.image_size, card.image_size, 3), dtype=np.uint8)
     signature = infer_signature(contexts, images, params={"steps": 50, "guidance_scale": 5.0, "seed": 0})
-    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+    with tracking_at(uri), mlflow.start_run(run_id=run_id), warnings.catch_warnings():
         # the signature is given; an input example would sample at logging time
         warnings.filterwarnings("ignore", message=".*input example was not provided")
         info = mlflow.pyfunc.log_model(

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,26 @@ def absolute_uri(uri: str) -> str:
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         return prefix + str(Path.cwd() / uri.removeprefix(prefix))
     return uri
+
+
+@contextmanager
+def tracking_at(uri: str) -> Iterator[None]:
+    """MLflow's fluent API (`mlflow.start_run`, `log_model`) pointed at `uri` for one block.
+    `mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI, which would outlive the block and send
+    every later run of this process (and its children) to this store; the variable is put back."""
+    import mlflow
+
+    exported = os.environ.get("MLFLOW_TRACKING_URI")
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if exported is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = exported
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
