@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install demo test test-fast lint format clean
+.PHONY: install demo services services-stop test test-fast lint format clean
 
 install: $(STAMP)
 
@@ -40,6 +40,12 @@ demo: install  ## run the pipeline on the built-in demo data (dvc repro), then p
 	@echo 'Try: rdm sample --prompt "a red star" --style neon --style mosaic -n 4 --out samples/star'
 	@echo '     rdm search --text "a red star in the style of pointillism" --collection d_train -k 8'
 
+
+services: install  ## Prefect + MLflow servers on 127.0.0.1 and the three deployments served (no Docker)
+	rdm services start
+
+services-stop:  ## stop what `make services` started
+	rdm services stop
 
 test: install  ## the whole suite, slow end-to-end tests included (what CI runs)
 	pytest

@@ -69,6 +69,23 @@ def _evaluate(config: Config, args: argparse.Namespace) -> None:
     evaluate.run(config)
 
 
+def _refresh(config: Config, args: argparse.Namespace) -> None:
+    from rdm.stages import refresh
+
+    refresh.run(config)
+
+
+def _services(config: Config, args: argparse.Namespace) -> None:
+    from rdm import services
+
+    if args.action == "start":
+        services.start(config.services, Path.cwd())
+    elif args.action == "stop":
+        services.stop(config.services, Path.cwd())
+    else:
+        services.status(config.services, Path.cwd())
+
+
 def _report(config: Config, args: argparse.Namespace) -> None:
     """Print the last evaluation's style table (what `make demo` ends with)."""
     import json
@@ -240,6 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
     }
     for verb, (description, func) in stages.items():
         verbs.add_parser(verb, help=f"{description} (DVC stage)").set_defaults(func=func)
+
+    verbs.add_parser(
+        "refresh", help="bring the style collections up to date with their source (prepare + embed)"
+    ).set_defaults(func=_refresh)
+    svc = verbs.add_parser("services", help="the local Prefect and MLflow servers and the deployments")
+    svc.add_argument("action", choices=("start", "stop", "status"))
+    svc.set_defaults(func=_services)
 
     smp = verbs.add_parser("sample", help="stylized images from a trained model, by database swap")
     query = smp.add_mutually_exclusive_group(required=True)

@@ -353,6 +353,30 @@ class TrackingParams(Section):
     """false trains without MLflow (no logger, nothing registered)."""
 
 
+class RefreshParams(Section):
+    """The scheduled refresh of the style collections from `prepare.sources.styles` (a folder or an
+    s3:// prefix of `<style>/<image>`): what changed is found by content hash, only new images are
+    embedded, and each changed collection is published as a new version in one atomic step."""
+
+    schedule: Annotated[str, Field(pattern=r"^\S+( \S+){4}$")] = "0 3 * * *"
+    """Cron (5 fields) of the refresh-style-collections deployment."""
+    timezone: str = "UTC"
+    metrics: str = "reports/refresh.json"
+    """The last refresh's summary: per style added, changed, removed, rejected, points; duration."""
+
+
+class ServicesParams(Section):
+    """`make services`: a Prefect server, an MLflow server and the served deployments, on this machine."""
+
+    host: str = "127.0.0.1"
+    prefect_port: Annotated[int, Field(ge=1, le=65535)] = 4200
+    mlflow_port: Annotated[int, Field(ge=1, le=65535)] = 5000
+    state: str = ".services"
+    """Their databases, logs and process ids (git-ignored)."""
+    startup_timeout: PositiveInt = 180
+    """Seconds to wait for each to answer before giving up."""
+
+
 class Config(Section):
     generate: GenerateParams = GenerateParams()
     prepare: PrepareParams = PrepareParams()
@@ -365,6 +389,8 @@ class Config(Section):
     sample: SampleParams = SampleParams()
     evaluate: EvaluateParams = EvaluateParams()
     tracking: TrackingParams = TrackingParams()
+    refresh: RefreshParams = RefreshParams()
+    services: ServicesParams = ServicesParams()
     s3: S3Params = S3Params()
 
     @model_validator(mode="after")
@@ -425,3 +451,37 @@ def _known_keys(loc: tuple[int | str, ...]) -> list[str]:
             return []
         model = annotation
     return list(model.model_fields)
+
+
+def set_params(path: Path, changes: dict[str, Any]) -> list[str]:
+    """Write dotted changes (`{"train.max_steps": 3000}`) into the params file, keeping its comments and
+    order, as `dvc exp run -S` does. The result is validated before anything is written; returns the
+    keys whose value changed."""
+    import io
+
+    from ruamel.yaml import YAML
+
+    from rdm.files import atomic_write_bytes
+
+    round_trip = YAML()
+    round_trip.preserve_quotes = True
+    round_trip.representer.add_representer(
+        type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
+    document = round_trip.load(path.read_text())
+    changed = []
+    for dotted, value in changes.items():
+        node = document
+        *sections, key = dotted.split(".")
+        for section in sections:
+            if not isinstance(node.get(section), dict):
+                raise ConfigError(f"{path}: {dotted}: no section {section!r} here; see `rdm config`")
+            node = node[section]
+        if node.get(key) != value:
+            node[key] = value
+            changed.append(dotted)
+    buffer = io.StringIO()
+    round_trip.dump(document, buffer)
+    config_from_dict(yaml.safe_load(buffer.getvalue()), source=f"{path} with {changes}")
+    atomic_write_bytes(path, buffer.getvalue().encode())
+    return changed

@@ -1,13 +1,46 @@
-"""Writing outputs so that an interrupted run never leaves a half-written file behind."""
+"""Writing outputs so that an interrupted run never leaves a half-written file behind, and locks
+that keep two processes from changing the same thing at once."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from rdm.errors import UserError
+
+
+class Busy(UserError):
+    """Another process holds the lock."""
+
+
+@contextmanager
+def exclusive(path: Path, what: str) -> Iterator[None]:
+    """Hold the lock file `path` for the block, or raise Busy at once if another process holds it.
+    The lock dies with its holder, so a killed process never leaves it stuck."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise Busy(
+                f"{what} is being changed by {holder} (lock {path}); wait for it, then try again"
+            ) from None
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.truncate(0)
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -12,7 +12,7 @@ import pytest
 from rdm.config import StoreParams
 from rdm.embedding.model import ClipCard
 from rdm.retrieval.edge import EdgeStore
-from rdm.retrieval.store import CollectionError, VectorStore, open_store
+from rdm.retrieval.store import CollectionBusy, CollectionError, VectorStore, open_store
 
 CARD = ClipCard(model="rdm-tiny", source="trained", embed_dim=16, fingerprint="aaaa")
 OTHER = ClipCard(model="ViT-B-32", source="openai", embed_dim=16, fingerprint="bbbb")
@@ -140,3 +140,56 @@ def test_server_backend_needs_a_url(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("QDRANT_URL", raising=False)
     with pytest.raises(CollectionError, match="QDRANT_URL"):
         open_store(StoreParams(backend="server"))
+
+
+def test_revision_is_published_in_one_step(store: VectorStore) -> None:
+    ids, vectors, payloads = points(30)
+    store.ensure("style-neon", CARD)
+    store.upsert("style-neon", ids[:20], vectors[:20], payloads[:20])
+    with store.revision("style-neon", CARD) as draft:
+        store.upsert(draft, ids[20:], vectors[20:], payloads[20:])
+        store.delete(draft, ids[:5])
+        assert store.ids("style-neon") == set(ids[:20]), "readers must not see the unpublished revision"
+        assert store.ids(draft) == set(ids[5:])
+    assert store.ids("style-neon") == set(ids[5:])
+    assert store.info("style-neon").points == 25
+    assert store.query("style-neon", vectors[[25]], k=1)[0][0].id == ids[25]
+    assert store.list_collections() == ["style-neon"]
+
+
+def test_failed_revision_leaves_the_collection_as_it_was(store: VectorStore) -> None:
+    ids, vectors, payloads = points(10)
+    store.ensure("style-neon", CARD)
+    store.upsert("style-neon", ids, vectors, payloads)
+    with pytest.raises(RuntimeError, match="embedding failed"), store.revision("style-neon", CARD) as draft:
+        store.delete(draft, ids)
+        raise RuntimeError("embedding failed")
+    assert store.ids("style-neon") == set(ids)
+    with pytest.raises(CollectionError, match=r"current CLIP"), store.revision("style-neon", OTHER):
+        pass
+
+
+def test_a_second_revision_at_once_is_refused(store: VectorStore, tmp_path: Path) -> None:
+    store.ensure("style-neon", CARD)
+    with (
+        store.revision("style-neon", CARD),
+        open_store(store.params) as other,
+        pytest.raises(CollectionBusy, match=r"style-neon.*being changed by pid"),
+        other.revision("style-neon", CARD),
+    ):
+        pass
+    with store.revision("style-neon", CARD):  # free again once the first is done
+        pass
+
+
+def test_edge_keeps_the_published_version_and_the_one_before(tmp_path: Path) -> None:
+    ids, vectors, payloads = points(6)
+    with open_store(StoreParams(backend="edge", path=str(tmp_path / "qdrant"))) as store:
+        store.ensure("d_train", CARD)
+        for i in range(4):
+            with store.revision("d_train", CARD) as draft:
+                store.upsert(draft, ids[i : i + 1], vectors[i : i + 1], payloads[i : i + 1])
+        assert store.ids("d_train") == set(ids[:4])
+    versions = sorted(p.name for p in (tmp_path / "qdrant" / "d_train").glob("v*"))
+    assert versions == ["v000004", "v000005"]
+    assert (tmp_path / "qdrant" / "d_train" / "CURRENT").read_text().strip() == "v000005"

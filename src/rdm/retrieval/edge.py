@@ -1,12 +1,16 @@
-"""Qdrant Edge: the Qdrant engine in-process, one shard folder per collection.
+"""Qdrant Edge: the Qdrant engine in-process, one shard folder per collection version.
 
-Layout: `<store.path>/<collection>/shard/` (the engine's files) and `collection.json` beside it
-(dimension and the CLIP the vectors came from). A shard reopens in another process once closed.
+Layout: `<store.path>/<collection>/<version>/shard/` (the engine's files) with `collection.json`
+beside it (dimension and the CLIP the vectors came from), and `<collection>/CURRENT` naming the
+published version. A revision copies the current version's folder, changes the copy, and replaces
+CURRENT in one rename; the version before stays for readers still holding it, older ones are removed.
+A shard folder is opened by one handle at a time (the engine locks its WAL), and by another once closed.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +39,10 @@ from rdm.embedding.model import ClipCard
 from rdm.retrieval.store import CollectionError, CollectionInfo, Hit, VectorStore, point_id
 
 META = "collection.json"
+CURRENT = "CURRENT"
 UPSERT_BATCH = 5000
+KEEP_VERSIONS = 2
+"""The published version and the one before it, which a reader may still be searching."""
 
 
 class EdgeStore(VectorStore):
@@ -50,13 +57,20 @@ class EdgeStore(VectorStore):
     def list_collections(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if (p / META).is_file() and (p / "shard").is_dir())
+        return sorted(p.name for p in self.root.iterdir() if (p / CURRENT).is_file())
+
+    def _folder(self, name: str) -> Path:
+        """The folder of a version: `name` is a collection (its published version) or a draft
+        (`collection/version`, as `_begin` names it)."""
+        if "/" in name:
+            return self.root / name
+        pointer = self.root / name / CURRENT
+        if not pointer.is_file():
+            raise CollectionError(f"no collection {name!r} in the edge store ({self.root})")
+        return self.root / name / pointer.read_text().strip()
 
     def _meta(self, name: str) -> dict[str, Any]:
-        path = self.root / name / META
-        if not path.is_file():
-            raise CollectionError(f"no collection {name!r} in the edge store ({self.root})")
-        meta: dict[str, Any] = json.loads(path.read_text())
+        meta: dict[str, Any] = json.loads((self._folder(name) / META).read_text())
         return meta
 
     def _points(self, name: str) -> int:
@@ -96,17 +110,64 @@ class EdgeStore(VectorStore):
         return indexed
 
     def _create(self, name: str, dim: int, card: ClipCard) -> None:
-        folder = self.root / name
-        folder.mkdir(parents=True, exist_ok=True)
-        self._shards[name] = EdgeShard.create(str(folder / "shard"), self._config(dim))
+        draft = self._new_version(name)
+        folder = self.root / draft
+        folder.mkdir(parents=True)
+        EdgeShard.create(str(folder / "shard"), self._config(dim)).close()
         meta = {"dim": dim, "clip_model": card.model, "clip_fingerprint": card.fingerprint}
         (folder / META).write_text(json.dumps(meta, indent=2) + "\n")
+        self._publish(name, draft)
+        # an unversioned collection of an earlier release, which no reader can see any more
+        shutil.rmtree(self.root / name / "shard", ignore_errors=True)
+        (self.root / name / META).unlink(missing_ok=True)
+
+    def _new_version(self, name: str) -> str:
+        versions = [int(p.name[1:]) for p in (self.root / name).glob("v[0-9]*") if p.name[1:].isdigit()]
+        return f"{name}/v{max(versions, default=0) + 1:06d}"
+
+    def _begin(self, name: str, card: ClipCard) -> str:
+        if not self.exists(name):
+            self._create(name, card.embed_dim, card)
+        current = self._folder(name)
+        self._close_folder(current)  # the engine's files must be at rest to be copied
+        draft = self._new_version(name)
+        shutil.copytree(current, self.root / draft)
+        return draft
+
+    def _publish(self, name: str, draft: str) -> None:
+        self._close_folder(self.root / draft)
+        pointer = self.root / name / CURRENT
+        staged = pointer.with_suffix(".next")
+        staged.write_text(draft.split("/", 1)[1] + "\n")
+        os.replace(staged, pointer)
+        self._written(name)
+        versions = sorted(p for p in (self.root / name).glob("v[0-9]*") if p.is_dir())
+        for old in versions[:-KEEP_VERSIONS]:
+            self._close_folder(old)
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _discard(self, draft: str) -> None:
+        self._close_folder(self.root / draft)
+        shutil.rmtree(self.root / draft, ignore_errors=True)
 
     def _shard(self, name: str) -> EdgeShard:
-        if name not in self._shards:
-            self._meta(name)
-            self._shards[name] = EdgeShard.load(str(self.root / name / "shard"))
-        return self._shards[name]
+        """The open shard of `name`'s published version (or of a draft). A reader asking again after
+        a publish gets the new version, and the old shard is closed."""
+        folder = self._folder(name)
+        key = str(folder)
+        if key not in self._shards:
+            if "/" not in name:
+                stale = [k for k in self._shards if Path(k).parent == folder.parent]
+                for old in stale:
+                    self._shards.pop(old).close()
+            self._shards[key] = EdgeShard.load(str(folder / "shard"))
+            self._written(name)
+        return self._shards[key]
+
+    def _close_folder(self, folder: Path) -> None:
+        shard = self._shards.pop(str(folder), None)
+        if shard is not None:
+            shard.close()
 
     def _written(self, name: str) -> None:
         self._counts.pop(name, None)
@@ -174,8 +235,8 @@ class EdgeStore(VectorStore):
         shard.flush()
 
     def drop(self, name: str) -> None:
-        if name in self._shards:
-            self._shards.pop(name).close()
+        for key in [k for k in self._shards if Path(k).parent == self.root / name]:
+            self._shards.pop(key).close()
         self._written(name)
         shutil.rmtree(self.root / name, ignore_errors=True)
 

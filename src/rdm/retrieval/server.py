@@ -1,15 +1,15 @@
 """A Qdrant server or cluster through qdrant-client (URL and API key from params or environment).
 
-Each collection name is an alias of a physical collection (`<name>__v<n>`), so a rebuilt
-collection can be published by swapping the alias in one call. The CLIP a collection was built
-with is kept in the collection's metadata.
+Each collection name is an alias of a physical collection (`<name>__v<n>`): a revision fills a new
+physical collection and publishes it by swapping the alias in one call; the version before stays for
+readers still searching it. The CLIP a collection was built with is kept in its metadata.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from qdrant_client import QdrantClient, models
@@ -19,6 +19,7 @@ from rdm.embedding.model import ClipCard
 from rdm.retrieval.store import CollectionError, CollectionInfo, Hit, VectorStore, point_id
 
 UPSERT_BATCH = 1000
+KEEP_VERSIONS = 2
 
 
 class ServerStore(VectorStore):
@@ -42,7 +43,7 @@ class ServerStore(VectorStore):
         return sorted(self._aliases())
 
     def info(self, name: str) -> CollectionInfo:
-        if name not in self._aliases():
+        if name not in self._aliases() and not self._is_draft(name):
             raise CollectionError(f"no collection {name!r} on the Qdrant server {self.url}")
         described = self.client.get_collection(name)
         meta = described.config.metadata or {}
@@ -58,7 +59,10 @@ class ServerStore(VectorStore):
             clip_fingerprint=str(meta.get("clip_fingerprint")),
         )
 
-    def _create(self, name: str, dim: int, card: ClipCard) -> None:
+    def _is_draft(self, name: str) -> bool:
+        return "__v" in name and self.client.collection_exists(name)
+
+    def _new_physical(self, name: str, dim: int, card: ClipCard) -> str:
         physical = f"{name}__v{time.time_ns()}"
         self.client.create_collection(
             physical,
@@ -72,13 +76,50 @@ class ServerStore(VectorStore):
         )
         if self.url != ":memory:":  # the local stand-in ignores payload indexes (and warns)
             self.client.create_payload_index(physical, "style", models.PayloadSchemaType.KEYWORD)
-        self.client.update_collection_aliases(
-            change_aliases_operations=[
-                models.CreateAliasOperation(
-                    create_alias=models.CreateAlias(collection_name=physical, alias_name=name)
+        return physical
+
+    def _create(self, name: str, dim: int, card: ClipCard) -> None:
+        self._publish(name, self._new_physical(name, dim, card))
+
+    def _begin(self, name: str, card: ClipCard) -> str:
+        draft = self._new_physical(name, card.embed_dim, card)
+        if self.exists(name):
+            offset = None
+            while True:
+                records, offset = self.client.scroll(
+                    name, limit=UPSERT_BATCH, offset=offset, with_payload=True, with_vectors=True
                 )
-            ]
+                if records:
+                    self.client.upsert(
+                        draft,
+                        points=[
+                            models.PointStruct(id=r.id, vector=cast(list[float], r.vector), payload=r.payload)
+                            for r in records
+                        ],
+                        wait=True,
+                    )
+                if offset is None:
+                    break
+        return draft
+
+    def _publish(self, name: str, draft: str) -> None:
+        swap: list[Any] = []
+        if name in self._aliases():
+            swap.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=name)))
+        swap.append(
+            models.CreateAliasOperation(
+                create_alias=models.CreateAlias(collection_name=draft, alias_name=name)
+            )
         )
+        self.client.update_collection_aliases(change_aliases_operations=swap)  # one atomic change
+        versions = sorted(
+            c.name for c in self.client.get_collections().collections if c.name.startswith(f"{name}__v")
+        )
+        for old in versions[:-KEEP_VERSIONS]:
+            self.client.delete_collection(old)
+
+    def _discard(self, draft: str) -> None:
+        self.client.delete_collection(draft)
 
     def upsert(
         self, name: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
@@ -123,14 +164,15 @@ class ServerStore(VectorStore):
         return [[_hit(p, with_vectors) for p in response.points] for response in responses]
 
     def drop(self, name: str) -> None:
-        physical = self._aliases().get(name)
-        if physical:
+        if name in self._aliases():
             self.client.update_collection_aliases(
                 change_aliases_operations=[
                     models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=name))
                 ]
             )
-            self.client.delete_collection(physical)
+        for collection in self.client.get_collections().collections:
+            if collection.name.startswith(f"{name}__v"):
+                self.client.delete_collection(collection.name)
 
     def finish(self, name: str) -> None:
         """The server indexes in the background; nothing to wait for."""

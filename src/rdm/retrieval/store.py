@@ -3,6 +3,10 @@
 A collection holds one CLIP's vectors: it records the model name, weights fingerprint and
 dimension when created, and refuses vectors from any other CLIP before writing anything.
 Point ids are derived from the image id (the sha256 of its bytes), so writing is idempotent.
+
+Collections are versioned: `revision()` changes a private copy and publishes it in one atomic step
+(an alias swap on a server, a pointer file at the edge), so a reader sees the old collection or the
+new one, never a mix; a per-collection lock lets one revision run at a time.
 """
 
 from __future__ import annotations
@@ -10,8 +14,10 @@ from __future__ import annotations
 import os
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +25,7 @@ import numpy as np
 from rdm.config import StoreParams
 from rdm.embedding.model import ClipCard
 from rdm.errors import UserError
+from rdm.files import Busy, exclusive
 
 POINT_NAMESPACE = uuid.UUID("5b0c8f0e-3f7a-4d7e-9a53-0c7f2f0e6a11")
 D_TRAIN = "d_train"
@@ -36,6 +43,10 @@ def point_id(image_id: str) -> str:
 
 class CollectionError(UserError):
     pass
+
+
+CollectionBusy = Busy
+"""Raised while another process revises the collection."""
 
 
 @dataclass(frozen=True)
@@ -104,8 +115,40 @@ class VectorStore(ABC):
     def close(self) -> None:
         """Release files or connections."""
 
+    @abstractmethod
+    def _begin(self, name: str, card: ClipCard) -> str:
+        """A new, unpublished version of `name` holding a copy of its current points (empty when the
+        collection is new); returns the name to write it under."""
+
+    @abstractmethod
+    def _publish(self, name: str, draft: str) -> None:
+        """Make `draft` what `name` means, in one atomic step."""
+
+    @abstractmethod
+    def _discard(self, draft: str) -> None: ...
+
     def exists(self, name: str) -> bool:
         return name in self.list_collections()
+
+    @contextmanager
+    def revision(self, name: str, card: ClipCard) -> Iterator[str]:
+        """A private copy of collection `name` (created for this CLIP if missing) to change through
+        the name yielded; published atomically when the block ends, discarded if it raises.
+        Raises CollectionBusy while another revision of `name` runs, in any process."""
+        with self._lock(name):
+            if self.exists(name):
+                self.check(self.info(name), card)
+            draft = self._begin(name, card)
+            try:
+                yield draft
+                self.finish(draft)
+                self._publish(name, draft)
+            except BaseException:
+                self._discard(draft)
+                raise
+
+    def _lock(self, name: str) -> AbstractContextManager[None]:
+        return exclusive(Path(self.params.path) / ".locks" / f"{name}.lock", f"collection {name!r}")
 
     def ensure(self, name: str, card: ClipCard) -> CollectionInfo:
         """Create `name` for vectors of this CLIP, or check that the existing one holds them."""
@@ -157,8 +200,11 @@ class VectorStore(ABC):
 
 
 def open_store(params: StoreParams) -> VectorStore:
-    """The backend named by `store.backend`: configuration, never code, chooses it."""
-    if params.backend == "edge":
+    """The backend named by RDM_STORE_BACKEND or `store.backend`: configuration, never code, chooses it."""
+    backend = os.environ.get("RDM_STORE_BACKEND") or params.backend
+    if backend not in ("edge", "server"):
+        raise CollectionError(f"RDM_STORE_BACKEND={backend!r}: expected 'edge' or 'server'")
+    if backend == "edge":
         from rdm.retrieval.edge import EdgeStore
 
         return EdgeStore(params)

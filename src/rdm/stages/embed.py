@@ -62,31 +62,33 @@ def fill_collection(
 ) -> dict[str, int]:
     """Make collection `name` hold exactly `rows`; returns counts of what changed.
 
-    A collection built with another CLIP is refused before anything is written, or, with
-    `rebuild_mismatched`, dropped and built again.
+    The change is published as a new version in one atomic step (readers see the old points or the
+    new, never a mix); with nothing to change, no version is made. A collection built with another
+    CLIP is refused before anything is written, or, with `rebuild_mismatched`, built again.
     """
     if rebuild_mismatched and store.exists(name) and not store.matches(store.info(name), card):
         print(f"embed: collection {name} holds another CLIP's vectors; rebuilding it")
         store.drop(name)
-    store.ensure(name, card)
-    stored = store.ids(name)
     wanted = set(rows["id"])
-    new = rows[~rows["id"].isin(stored)]
-    if len(new):
-        payloads = [
-            {
-                "id": r.id,
-                "path": str(prepared / r.path),
-                "caption": r.caption,
-                "style": r.style,
-                "split": r.split,
-            }
-            for r in new.itertuples()
-        ]
-        store.upsert(name, list(new["id"]), chunks.vectors_for(list(new["id"])), payloads)
-    removed = sorted(stored - wanted)
-    store.delete(name, removed)
-    store.finish(name)
+    if store.exists(name) and store.ids(name) == wanted:
+        return {"points": len(wanted), "added": 0, "removed": 0}
+    with store.revision(name, card) as draft:
+        stored = store.ids(draft)
+        new = rows[~rows["id"].isin(stored)]
+        if len(new):
+            payloads = [
+                {
+                    "id": r.id,
+                    "path": str(prepared / r.path),
+                    "caption": r.caption,
+                    "style": r.style,
+                    "split": r.split,
+                }
+                for r in new.itertuples()
+            ]
+            store.upsert(draft, list(new["id"]), chunks.vectors_for(list(new["id"])), payloads)
+        removed = sorted(stored - wanted)
+        store.delete(draft, removed)
     return {"points": len(wanted), "added": len(new), "removed": len(removed)}
 
 

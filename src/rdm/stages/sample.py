@@ -43,15 +43,28 @@ def style_names(params: PrepareParams) -> list[str]:
     return sorted(str(s) for s in read_manifest(path)["style"].dropna().unique())
 
 
-def run(config: Config, progress: bool = True) -> dict[str, Any]:
+def run(
+    config: Config,
+    progress: bool = True,
+    model: str | None = None,
+    prompts: list[str] | None = None,
+    styles: list[str] | None = None,
+) -> dict[str, Any]:
+    """Sample every style by both methods. The stage uses the model just trained (`train.out`), the
+    evaluation prompts and every style; a batch (the sample-styles flow) may name a registered
+    `model`, its own `prompts` and a subset of `styles`."""
     params = config.sample
     started = time.perf_counter()
-    model, info = open_model(config.train.out, config, params.device)
+    rdm_model, info = open_model(model or config.train.out, config, params.device)
     if params.compile:
-        model.compile()
+        rdm_model.compile()
+    known = style_names(config.prepare)
+    unknown = sorted(set(styles or []) - set(known))
+    if unknown:
+        raise UserError(f"no style collection for {unknown}; the styles are {known}")
     requests = plan(
-        evaluation_prompts(config.prepare),
-        style_names(config.prepare),
+        prompts or evaluation_prompts(config.prepare),
+        styles or known,
         METHODS,
         params.per_style,
         params.seed,
@@ -59,7 +72,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     out = Path(params.out)
     if out.exists():
         shutil.rmtree(out)
-    with open_sampler(config, model, info, params.k) as sampler:
+    with open_sampler(config, rdm_model, info, params.k) as sampler:
         drawing = time.perf_counter()
         records = sampler.draw(requests, out, progress)
         drawn = time.perf_counter() - drawing

@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from rdm.config import TrackingParams
-from rdm.models.package import ModelCard
+from rdm.config import Config, TrackingParams
+from rdm.errors import UserError
+from rdm.models.package import ModelCard, read_card
 from rdm.tracking.runs import tracking_at, tracking_uri
 
 REQUIREMENTS = ("torch", "diffusers", "safetensors", "numpy", "pillow", "pydantic", "PyYAML", "mlflow")
@@ -53,3 +54,30 @@ def register_model(params: TrackingParams, run_id: str, folder: Path, card: Mode
         "version": model_version,
         "alias_uri": f"models:/{params.registered_model}@{params.alias}",
     }
+
+
+def registered_version(config: Config) -> dict[str, Any]:
+    """The registry entry of the model in `train.out`: the version its training run registered, or a
+    new registration when there is none (a training tracked elsewhere, or registered since deleted)."""
+    from mlflow import MlflowClient
+
+    params = config.tracking
+    folder = Path(config.train.out)
+    card = read_card(folder)
+    if not card.run_id:
+        raise UserError(
+            f"{folder}: the model card names no MLflow run (trained with tracking.enabled false); "
+            "enable tracking and run `dvc repro train`"
+        )
+    client = MlflowClient(tracking_uri(params))
+    found = client.search_model_versions(f"name='{params.registered_model}' and run_id='{card.run_id}'")
+    if found:
+        newest = max(found, key=lambda v: int(v.version))
+        return {
+            "model_uri": f"models:/{params.registered_model}/{newest.version}",
+            "registered_model": params.registered_model,
+            "version": str(newest.version),
+            "alias_uri": f"models:/{params.registered_model}@{params.alias}",
+            "run_id": card.run_id,
+        }
+    return register_model(params, card.run_id, folder, card) | {"run_id": card.run_id}

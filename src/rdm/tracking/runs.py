@@ -183,3 +183,24 @@ def log_results(
     if created:
         client.set_terminated(run_id)
     return run_id
+
+
+def log_refresh(params: TrackingParams, summary: dict[str, Any]) -> str:
+    """A run `refresh-style-collections` with the refresh's counts (in total and per style) and its
+    summary file; returns the run id."""
+    import tempfile
+
+    totals = {
+        f"refresh/{key}": summary[key] for key in ("added", "changed", "removed", "rejected", "seconds")
+    }
+    per_style = {
+        f"refresh/{style}/{key}": value
+        for style, counts in summary["styles"].items()
+        for key, value in counts.items()
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "refresh.json"
+        path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        return log_results(
+            params, None, totals | per_style, {"refresh": [path]}, run_name="refresh-style-collections"
+        )

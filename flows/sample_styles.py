@@ -1,0 +1,70 @@
+"""`sample-styles`: a batch of prompts x styles from a registered model (by alias or version), each
+style by retrieval and by the postfix baseline, scored by the style evaluation and logged to the
+model's MLflow run. Outputs go to `data/batches/<flow run name>/` (outside the DVC pipeline)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+
+from flows.tasks import config, project
+from rdm.config import Config
+from rdm.evaluation.report import format_table
+from rdm.stages import evaluate, sample
+
+
+def batch_config(model: str, per_style: int | None, out: str) -> Config:
+    """The project's config pointed at `model` and at this batch's own output folders."""
+    base = config()
+    changes: dict[str, Any] = {"model": model, "out": f"{out}/samples"}
+    if per_style is not None:
+        changes["per_style"] = per_style
+    return base.model_copy(
+        update={
+            "sample": base.sample.model_copy(update=changes),
+            "evaluate": base.evaluate.model_copy(
+                update={"metrics": f"{out}/evaluate.json", "plots": f"{out}/evaluate"}
+            ),
+        }
+    )
+
+
+@task
+def draw(cfg: Config, prompts: list[str] | None, styles: list[str] | None) -> dict[str, Any]:
+    return sample.run(cfg, progress=False, model=cfg.sample.model, prompts=prompts, styles=styles)
+
+
+@task
+def score(cfg: Config) -> dict[str, Any]:
+    return evaluate.run(cfg, progress=False)
+
+
+@flow(name="sample-styles", log_prints=True)
+def sample_styles(
+    model: str = "models:/rdm@latest",
+    prompts: list[str] | None = None,
+    styles: list[str] | None = None,
+    per_style: int | None = None,
+) -> dict[str, Any]:
+    """`model`: models:/NAME@ALIAS, models:/NAME/VERSION or a model folder. `prompts`: the evaluation
+    prompts when empty. `styles`: every style collection when empty. `per_style`: sample.per_style."""
+    out = project() / "data" / "batches" / str(flow_run.get_name() or "local")
+    cfg = batch_config(model, per_style, str(out))
+    drawn = draw(cfg, prompts, styles)
+    metrics = score(cfg)
+    table = format_table(pd.read_csv(Path(cfg.evaluate.plots) / "style_accuracy.csv"))
+    create_markdown_artifact(
+        key="sample-styles-table",
+        markdown=f"```\n{table}\n```",
+        description=f"{drawn['images']} images from {model} in {out}",
+    )
+    return {"out": str(out), "images": drawn["images"], "seen_styles": metrics["seen_styles"]}
+
+
+if __name__ == "__main__":
+    sample_styles()

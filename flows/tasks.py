@@ -1,0 +1,33 @@
+"""What the flows share: the project they run in, its config, and a retry rule for transient failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger
+
+from rdm.config import Config, load_config
+from rdm.versioning import is_transient
+
+
+def project() -> Path:
+    """The DVC project the flow works on: the folder it was served from (`make services`)."""
+    return Path.cwd()
+
+
+def config() -> Config:
+    return load_config(project() / "params.yaml")
+
+
+def log_line(line: str) -> None:
+    get_run_logger().info(line)
+
+
+def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect's retry_condition_fn: retry a failed task only when its error was transient."""
+    try:
+        state.result()
+    except Exception as error:
+        return is_transient(error)
+    return False

@@ -1,0 +1,282 @@
+"""The local services of `make services`, on 127.0.0.1 and without Docker: a Prefect server (SQLite),
+an MLflow server (SQLite backend, local artifacts, one worker) and the process serving the three
+deployments (`flows/serve.py`). Their databases, logs and process ids live in `services.state`;
+`stop` ends exactly the processes `start` recorded there.
+
+The MLflow server uses the project's own store (`mlflow.db`), so the runs of `dvc repro` and of the
+flows are browsable in one UI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from rdm.config import ServicesParams
+from rdm.errors import UserError
+
+STATE_FILE = "services.json"
+PROFILE_MARK = "prefect-profile-set"
+DEPLOYMENTS = (
+    "train-rdm/train-rdm",
+    "sample-styles/sample-styles",
+    "refresh-style-collections/refresh-style-collections",
+)
+
+
+class ServiceError(UserError):
+    pass
+
+
+@dataclass(frozen=True)
+class Urls:
+    prefect_api: str
+    prefect_ui: str
+    mlflow: str
+
+
+def urls(params: ServicesParams) -> Urls:
+    prefect = f"http://{params.host}:{params.prefect_port}"
+    return Urls(f"{prefect}/api", prefect, f"http://{params.host}:{params.mlflow_port}")
+
+
+def environment(params: ServicesParams) -> dict[str, str]:
+    """What a process needs to use these services: the variables `make services` prints."""
+    return {
+        "PREFECT_API_URL": urls(params).prefect_api,
+        "MLFLOW_TRACKING_URI": urls(params).mlflow,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DVC_NO_ANALYTICS": "1",
+    }
+
+
+def _point_prefect_cli(api: str | None) -> None:
+    """Set (or, with None, unset) PREFECT_API_URL in the user's active Prefect profile, so that a plain
+    `prefect deployment run ...` reaches this server, as `prefect config set` after `prefect server
+    start` would."""
+    args = ["config", "set", f"PREFECT_API_URL={api}"] if api else ["config", "unset", "PREFECT_API_URL"]
+    subprocess.run([_bin("prefect"), *args], stdin=subprocess.DEVNULL, capture_output=True, check=True)
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def _launch(args: list[str], log: Path, env: dict[str, str], cwd: Path) -> int:
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+        )
+    return process.pid
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _wait(what: str, ready: object, pid: int, log: Path, timeout: float) -> float:
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        if not _alive(pid):
+            raise ServiceError(f"{what} exited while starting; its log ({log}) ends:\n{_tail(log)}")
+        if ready():  # type: ignore[operator]
+            return time.perf_counter() - started
+        time.sleep(1)
+    raise ServiceError(f"{what} did not answer within {timeout:.0f} s (services.startup_timeout); see {log}")
+
+
+def _tail(log: Path, lines: int = 20) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.is_file() else ""
+
+
+def served_deployments(api: str) -> list[str]:
+    """The `flow/deployment` names the Prefect server knows."""
+    request = urllib.request.Request(
+        f"{api}/deployments/filter", data=b"{}", headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            deployments = json.load(response)
+    except OSError:
+        return []
+    flows = {}
+    for deployment in deployments:
+        flow_id = deployment["flow_id"]
+        if flow_id not in flows:
+            with urllib.request.urlopen(f"{api}/flows/{flow_id}", timeout=5) as response:
+                flows[flow_id] = json.load(response)["name"]
+    return sorted(f"{flows[d['flow_id']]}/{d['name']}" for d in deployments)
+
+
+def start(params: ServicesParams, root: Path) -> dict[str, int]:
+    """Start the three processes (unless already running) and wait until each answers."""
+    state = (root / params.state).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    recorded = _read_state(state)
+    if recorded and any(_alive(pid) for pid in recorded.values()):
+        print(f"services: already running ({state / STATE_FILE}); `make services-stop` first to restart")
+        status(params, root)
+        return recorded
+    exported = environment(params)
+    (state / "env").write_text("".join(f"export {key}={value}\n" for key, value in exported.items()))
+    env = (
+        os.environ
+        | exported
+        | {
+            "PREFECT_HOME": str(state / "prefect"),  # the server's database, the served flows' results
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # dvc and rdm for flows
+        }
+    )
+    address = urls(params)
+    pids: dict[str, int] = {}
+    try:
+        pids["prefect"] = _launch(
+            [_bin("prefect"), "server", "start", "--host", params.host, "--port", str(params.prefect_port)],
+            state / "prefect.log",
+            env,
+            root,
+        )
+        pids["mlflow"] = _launch(
+            [
+                _bin("mlflow"),
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{(root / 'mlflow.db').resolve()}",
+                "--artifacts-destination",
+                str((root / "mlartifacts").resolve()),
+                "--host",
+                params.host,
+                "--port",
+                str(params.mlflow_port),
+                "--workers",
+                "1",
+            ],
+            state / "mlflow.log",
+            env,
+            root,
+        )
+        _write_state(state, pids)
+        seconds = _wait(
+            "the Prefect server",
+            lambda: _answers(f"{address.prefect_api}/health"),
+            pids["prefect"],
+            state / "prefect.log",
+            params.startup_timeout,
+        )
+        print(f"services: Prefect server {address.prefect_ui} up in {seconds:.0f} s")
+        seconds = _wait(
+            "the MLflow server",
+            lambda: _answers(f"{address.mlflow}/health"),
+            pids["mlflow"],
+            state / "mlflow.log",
+            params.startup_timeout,
+        )
+        print(f"services: MLflow server {address.mlflow} up in {seconds:.0f} s")
+        pids["deployments"] = _launch(
+            [sys.executable, "-m", "flows.serve"],
+            state / "deployments.log",
+            env | {"PYTHONPATH": str(root)},
+            root,
+        )
+        _write_state(state, pids)
+        seconds = _wait(
+            "the deployments (flows/serve.py)",
+            lambda: set(DEPLOYMENTS) <= set(served_deployments(address.prefect_api)),
+            pids["deployments"],
+            state / "deployments.log",
+            params.startup_timeout,
+        )
+        print(f"services: deployments {', '.join(DEPLOYMENTS)} served in {seconds:.0f} s")
+        _point_prefect_cli(address.prefect_api)
+        (state / PROFILE_MARK).write_text(address.prefect_api + "\n")
+    except BaseException:
+        stop(params, root)
+        raise
+    _print_usage(params, root)
+    return pids
+
+
+def _print_usage(params: ServicesParams, root: Path) -> None:
+    print(
+        f"\nYour Prefect profile now points at {urls(params).prefect_api} (`make services-stop` undoes it).\n"
+        f"Run:  prefect deployment run train-rdm/train-rdm --watch\n"
+        f"      (MLFLOW_TRACKING_URI and the rest for your shell: source {params.state}/env)\n"
+        f"UIs:  Prefect {urls(params).prefect_ui}   MLflow {urls(params).mlflow}"
+    )
+
+
+def stop(params: ServicesParams, root: Path) -> None:
+    """End the processes `start` recorded (each with its process group), and nothing else."""
+    state = (root / params.state).resolve()
+    for name, pid in _read_state(state).items():
+        if not _alive(pid):
+            continue
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        deadline = time.perf_counter() + 30
+        while _alive(pid) and time.perf_counter() < deadline:
+            _reap(pid)
+            time.sleep(0.3)
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+            _reap(pid)
+        print(f"services: stopped {name} (pid {pid})")
+    (state / STATE_FILE).unlink(missing_ok=True)
+    if (state / PROFILE_MARK).is_file():
+        _point_prefect_cli(None)
+        (state / PROFILE_MARK).unlink()
+
+
+def _reap(pid: int) -> None:
+    """Collect a child that has exited (when started by this process), so it stops counting as alive."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def status(params: ServicesParams, root: Path) -> dict[str, bool]:
+    state = (root / params.state).resolve()
+    address = urls(params)
+    checks = {
+        "prefect": _answers(f"{address.prefect_api}/health"),
+        "mlflow": _answers(f"{address.mlflow}/health"),
+        "deployments": set(DEPLOYMENTS) <= set(served_deployments(address.prefect_api)),
+    }
+    for name, pid in _read_state(state).items():
+        print(
+            f"services: {name:12s} pid {pid:7d} {'running' if _alive(pid) else 'gone'}"
+            f"{'' if checks.get(name, True) else ' (not answering)'}"
+        )
+    return checks
+
+
+def _read_state(state: Path) -> dict[str, int]:
+    path = state / STATE_FILE
+    return {k: int(v) for k, v in json.loads(path.read_text()).items()} if path.is_file() else {}
+
+
+def _write_state(state: Path, pids: dict[str, int]) -> None:
+    (state / STATE_FILE).write_text(json.dumps(pids, indent=2) + "\n")

@@ -1,0 +1,103 @@
+"""Refresh of the style collections from their source (`prepare.sources.styles`, a folder or an s3://
+prefix of `<style>/<image>`), as the scheduled `refresh-style-collections` flow runs it.
+
+It is the pipeline's own way of building collections, `prepare` then `embed`, run on the sources as
+they are now: every file is hashed, only images never embedded go through CLIP, and each collection
+whose images changed is published as a new version in one atomic step. So a refresh and `dvc repro`
+build the same collections from the same source and neither undoes the other (the flow then records
+the new data version with `dvc commit`). One refresh runs at a time per store.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from rdm.config import Config
+from rdm.data.manifest import read_manifest
+from rdm.files import exclusive, write_json
+from rdm.retrieval.store import style_collection
+from rdm.stages import embed, prepare
+
+
+def _sources_by_style(manifest: Path) -> dict[str, dict[str, str]]:
+    """style -> {source location: image id} of the last prepared style manifest."""
+    if not manifest.is_file():
+        return {}
+    table = read_manifest(manifest)
+    return {
+        str(style): dict(zip(rows["source"].astype(str), rows["id"].astype(str), strict=True))
+        for style, rows in table.groupby("style", sort=True)
+    }
+
+
+def _rejected_by_style(rejected: Path, styles_source: str) -> dict[str, int]:
+    root = styles_source.rstrip("/") + "/"
+    counts: dict[str, int] = {}
+    if not rejected.is_file():
+        return counts
+    for line in rejected.read_text().splitlines():
+        row = json.loads(line)
+        if row.get("split") != "styles" or not str(row["source"]).startswith(root):
+            continue
+        style = str(row["source"]).removeprefix(root).split("/", 1)[0]
+        counts[style] = counts.get(style, 0) + 1
+    return counts
+
+
+def compare(before: dict[str, str], after: dict[str, str]) -> dict[str, int]:
+    """Counts of one style's images added, changed (same location, new bytes) and removed."""
+    changed = sum(1 for location, image in after.items() if location in before and before[location] != image)
+    return {
+        "added": sum(1 for location in after if location not in before),
+        "changed": changed,
+        "removed": sum(1 for location in before if location not in after),
+    }
+
+
+def run(config: Config, progress: bool = True) -> dict[str, Any]:
+    """Bring every style collection up to date with the styles source; returns the summary that is
+    also written to `refresh.metrics`."""
+    started = time.perf_counter()
+    manifest = Path(config.prepare.out) / "styles.parquet"
+    with exclusive(Path(config.store.path) / ".locks" / "refresh.lock", "the style collections"):
+        before = _sources_by_style(manifest)
+        prepare.run(config.prepare, config.s3, progress)
+        embedded = embed.run(
+            config.embed, config.store, Path(config.clip.out), Path(config.prepare.out), progress
+        )
+        after = _sources_by_style(manifest)
+    rejected = _rejected_by_style(Path(config.prepare.rejected), config.prepare.sources.styles)
+    styles: dict[str, dict[str, int]] = {}
+    for style in sorted(set(before) | set(after) | set(rejected)):
+        collection = embedded["collections"].get(style_collection(style), {"points": 0})
+        styles[style] = compare(before.get(style, {}), after.get(style, {})) | {
+            "rejected": rejected.get(style, 0),
+            "points": collection["points"],
+        }
+    summary = {
+        "source": config.prepare.sources.styles,
+        "styles": styles,
+        "added": sum(s["added"] for s in styles.values()),
+        "changed": sum(s["changed"] for s in styles.values()),
+        "removed": sum(s["removed"] for s in styles.values()),
+        "rejected": sum(s["rejected"] for s in styles.values()),
+        "embedded": embedded["embedded"]["styles"],
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    write_json(Path(config.refresh.metrics), summary)
+    print(format_summary(summary))
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    table = pd.DataFrame.from_dict(summary["styles"], orient="index")
+    return (
+        f"refresh: {summary['source']}: +{summary['added']} added, {summary['changed']} changed, "
+        f"-{summary['removed']} removed, {summary['rejected']} rejected; {summary['embedded']} images "
+        f"embedded in {summary['seconds']:.1f} s\n{table.to_string()}"
+    )

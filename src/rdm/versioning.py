@@ -1,0 +1,139 @@
+"""DVC as the flows drive it: the pipeline's stages in dependency order, one stage at a time, and the
+recording and pushing of data versions. DVC stays the one judge of what is stale; its commands run as
+subprocesses so that their output can be streamed into the flow run's log."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rdm.errors import UserError
+
+Log = Callable[[str], None]
+DVC = shutil.which("dvc", path=str(Path(sys.executable).parent)) or "dvc"
+"""The dvc installed beside this Python (the project's), else the first on PATH."""
+SKIPPED = re.compile(r"Stage '(?P<stage>[^']+)' didn't change, skipping")
+RESTORED = re.compile(r"Stage '(?P<stage>[^']+)' is cached - skipping run")
+TRANSIENT = re.compile(
+    r"Unable to acquire lock|rwlock|ConnectionError|Connection (refused|reset)|timed out|"
+    r"Temporary failure|SlowDown|Service Unavailable|database is locked",
+    re.IGNORECASE,
+)
+
+
+class DvcError(UserError):
+    """A DVC command failed; the message holds its last lines of output."""
+
+
+@dataclass(frozen=True)
+class StageRun:
+    stage: str
+    outcome: str
+    """'ran', 'skipped' (nothing changed) or 'restored' (outputs checked out from DVC's run cache)."""
+    seconds: float
+
+
+def is_transient(error: BaseException) -> bool:
+    """Failures worth another try: a lock held by a concurrent DVC command, a network or S3 hiccup,
+    a busy SQLite store. Not a bad param, a missing file or a failing stage."""
+    return bool(TRANSIENT.search(str(error)))
+
+
+def dvc(args: Sequence[str], root: Path, log: Log = print) -> str:
+    """Run `dvc *args` in `root`, streaming each line of its output to `log`; returns the output."""
+    import time
+
+    env = os.environ | {"DVC_NO_ANALYTICS": "1", "TQDM_MININTERVAL": "10"}
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [DVC, *args],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+    for raw in process.stdout:
+        for line in raw.replace("\r", "\n").splitlines():
+            if line.strip():
+                lines.append(line)
+                log(line)
+    if process.wait() != 0:
+        tail = "\n".join(lines[-30:])
+        raise DvcError(
+            f"`dvc {' '.join(args)}` failed in {root} (exit {process.returncode}, "
+            f"{time.perf_counter() - started:.0f} s):\n{tail}"
+        )
+    return "\n".join(lines)
+
+
+def stages(root: Path) -> list[str]:
+    """The stages of `root/dvc.yaml`, each after the stages it depends on."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        graph = repo.index.graph  # edges run from a stage to the stages it depends on
+        return [stage.addressing for stage in reversed(list(nx.topological_sort(graph)))]
+
+
+def reproduce(root: Path, stage: str, log: Log = print) -> StageRun:
+    """`dvc repro` of one stage alone (its upstream stages are the caller's earlier calls)."""
+    import time
+
+    started = time.perf_counter()
+    output = dvc(["repro", "--single-item", stage], root, log)
+    if SKIPPED.search(output):
+        outcome = "skipped"
+    elif RESTORED.search(output):
+        outcome = "restored"
+    else:
+        outcome = "ran"
+    return StageRun(stage, outcome, round(time.perf_counter() - started, 2))
+
+
+def tracked_sources(root: Path) -> list[Path]:
+    """Data added with `dvc add` (a `.dvc` file each), outside DVC's own folders."""
+    return sorted(
+        p for p in root.rglob("*.dvc") if p.is_file() and not {".dvc", ".git", ".venv"} & set(p.parts)
+    )
+
+
+def version_sources(root: Path, log: Log = print) -> list[str]:
+    """Record the current content of every `dvc add`ed source (a no-op for unchanged ones)."""
+    targets = [str(p.relative_to(root).with_suffix("")) for p in tracked_sources(root)]
+    if targets:
+        dvc(["add", *targets], root, log)
+    return targets
+
+
+def record(root: Path, stages: Sequence[str], log: Log = print) -> None:
+    """Write the current outputs of `stages` into dvc.lock (after they were changed outside repro)."""
+    dvc(["commit", "--force", *stages], root, log)
+
+
+def default_remote(root: Path) -> str | None:
+    output = subprocess.run(
+        [DVC, "remote", "default"], cwd=root, capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return output or None
+
+
+def push(root: Path, log: Log = print, remote: str | None = None) -> str | None:
+    """`dvc push` to `remote` (the default remote when None); returns the remote's name, None when the
+    project has no remote configured."""
+    remote = remote or default_remote(root)
+    if remote is None:
+        log("dvc: no default remote configured; nothing pushed (`dvc remote add -d NAME URL`)")
+        return None
+    dvc(["push", "--remote", remote], root, log)
+    return remote
