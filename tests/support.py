@@ -167,3 +167,42 @@ def messy_files() -> dict[str, tuple[bytes, str | None]]:
         "beta/bomb.png": (_encode(bomb, "PNG", optimize=True), "too_large"),
         "beta/copy-of-good.png": (good_png, "duplicate"),
     }
+
+
+def clone_project(tmp_path: Path, **changes: dict) -> tuple[Path, dict[str, str]]:
+    """The working tree as git sees it (tracked and unignored files) in a fresh git repository under
+    `tmp_path/repo`, with params shrunk by TINY plus `changes` and the DVC remote in `tmp_path/remote`;
+    returns the folder and the environment to run its tools in."""
+    import shutil
+    import subprocess
+
+    repo = tmp_path / "repo"
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    for rel in listed:
+        if (REPO_ROOT / rel).is_file():
+            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_ROOT / rel, repo / rel)
+    params = deep_update(deep_update(yaml.safe_load((repo / "params.yaml").read_text()), TINY), changes)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = rdm_env() | {
+        "DVC_NO_ANALYTICS": "1",
+        "DVC_SITE_CACHE_DIR": str(tmp_path / "dvc-site"),
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.org",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.org",
+    }
+    for args in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", "clone"],
+        ["dvc", "remote", "modify", "local", "url", str(tmp_path / "remote")],
+    ):
+        subprocess.run(args, cwd=repo, env=env, capture_output=True, check=True)
+    return repo, env

@@ -1,10 +1,8 @@
 """`dvc repro` in a temporary copy of this repository: runs, skips when nothing changed, reruns only
 what a param change touches, and round-trips through the default (local directory) remote."""
 
-import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,7 +10,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tests.support import REPO_ROOT, TINY, deep_update
+from tests.support import TINY, clone_project
 
 TINY_GENERATE = TINY["generate"]
 
@@ -27,35 +25,7 @@ def run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
 
 @pytest.fixture
 def clone(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    """The working tree as git sees it (tracked and unignored files), in a fresh git repository."""
-    repo = tmp_path / "repo"
-    listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    for rel in listed:
-        if (REPO_ROOT / rel).is_file():
-            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO_ROOT / rel, repo / rel)
-    params = deep_update(yaml.safe_load((repo / "params.yaml").read_text()), TINY)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = os.environ | {
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "DVC_NO_ANALYTICS": "1",
-        "DVC_SITE_CACHE_DIR": str(tmp_path / "dvc-site"),
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@example.org",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@example.org",
-    }
-    run(["git", "init", "-q"], repo, env)
-    run(["git", "add", "-A"], repo, env)
-    run(["git", "commit", "-qm", "clone"], repo, env)
-    run(["dvc", "remote", "modify", "local", "url", str(tmp_path / "remote")], repo, env)
-    return repo, env
+    return clone_project(tmp_path)
 
 
 def test_repro_skips_when_unchanged_and_round_trips_the_remote(clone: tuple[Path, dict[str, str]]) -> None:

@@ -1,35 +1,21 @@
 """Ingestion from a bucket on a real S3 API (moto's server on 127.0.0.1), same checks as the folder."""
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import pandas as pd
 import pytest
-from moto.server import ThreadedMotoServer
 
 from rdm.config import S3Params
 from rdm.data.ingest import ingest
 from rdm.data.sources import SourceError, open_source
-from tests.support import free_port, messy_files
+from tests.support import messy_files
 from tests.unit.test_ingest import LIMITS, check_messy_result
 
 
 @pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Params]:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield S3Params(endpoint_url=f"http://{host}:{port}", region="us-east-1")
-    finally:
-        server.stop()
+def s3(s3_endpoint: str) -> S3Params:
+    return S3Params(endpoint_url=s3_endpoint, region="us-east-1")
 
 
 def upload_messy(params: S3Params, bucket: str, prefix: str) -> None:

@@ -146,7 +146,9 @@ def test_revision_is_published_in_one_step(store: VectorStore) -> None:
     ids, vectors, payloads = points(30)
     store.ensure("style-neon", CARD)
     store.upsert("style-neon", ids[:20], vectors[:20], payloads[:20])
-    with store.revision("style-neon", CARD) as draft:
+    with store.revision("style-neon", CARD) as revision:
+        draft = revision.name
+        revision.changed = True
         store.upsert(draft, ids[20:], vectors[20:], payloads[20:])
         store.delete(draft, ids[:5])
         assert store.ids("style-neon") == set(ids[:20]), "readers must not see the unpublished revision"
@@ -161,8 +163,11 @@ def test_failed_revision_leaves_the_collection_as_it_was(store: VectorStore) -> 
     ids, vectors, payloads = points(10)
     store.ensure("style-neon", CARD)
     store.upsert("style-neon", ids, vectors, payloads)
-    with pytest.raises(RuntimeError, match="embedding failed"), store.revision("style-neon", CARD) as draft:
-        store.delete(draft, ids)
+    with (
+        pytest.raises(RuntimeError, match="embedding failed"),
+        store.revision("style-neon", CARD) as revision,
+    ):
+        store.delete(revision.name, ids)
         raise RuntimeError("embedding failed")
     assert store.ids("style-neon") == set(ids)
     with pytest.raises(CollectionError, match=r"current CLIP"), store.revision("style-neon", OTHER):
@@ -187,9 +192,38 @@ def test_edge_keeps_the_published_version_and_the_one_before(tmp_path: Path) -> 
     with open_store(StoreParams(backend="edge", path=str(tmp_path / "qdrant"))) as store:
         store.ensure("d_train", CARD)
         for i in range(4):
-            with store.revision("d_train", CARD) as draft:
-                store.upsert(draft, ids[i : i + 1], vectors[i : i + 1], payloads[i : i + 1])
+            with store.revision("d_train", CARD) as revision:
+                store.upsert(revision.name, ids[i : i + 1], vectors[i : i + 1], payloads[i : i + 1])
+                revision.changed = True
         assert store.ids("d_train") == set(ids[:4])
     versions = sorted(p.name for p in (tmp_path / "qdrant" / "d_train").glob("v*"))
     assert versions == ["v000004", "v000005"]
     assert (tmp_path / "qdrant" / "d_train" / "CURRENT").read_text().strip() == "v000005"
+
+
+def test_unchanged_revision_publishes_nothing_and_another_clip_can_rebuild(store: VectorStore) -> None:
+    ids, vectors, payloads = points(8)
+    store.ensure("style-neon", CARD)
+    store.upsert("style-neon", ids, vectors, payloads)
+    with store.revision("style-neon", CARD) as revision:
+        assert store.ids(revision.name) == set(ids)  # a copy of the published points
+    assert store.ids("style-neon") == set(ids)
+    with store.revision("style-neon", OTHER, rebuild_mismatched=True) as revision:
+        assert store.ids(revision.name) == set()  # built again from nothing for the other CLIP
+    assert store.info("style-neon").clip_model == OTHER.model and store.ids("style-neon") == set()
+
+
+def test_edge_revision_never_opens_the_version_a_reader_holds(tmp_path: Path) -> None:
+    """Qdrant Edge lets one handle open a shard: a reader (another handle, as in another process)
+    keeps the published version open while a revision copies it and publishes the next."""
+    params = StoreParams(backend="edge", path=str(tmp_path / "qdrant"))
+    ids, vectors, payloads = points(12)
+    with open_store(params) as store:
+        store.ensure("style-neon", CARD)
+        store.upsert("style-neon", ids[:6], vectors[:6], payloads[:6])
+    with open_store(params) as reader, open_store(params) as writer:
+        assert reader.ids("style-neon") == set(ids[:6])  # holds the published shard open
+        with writer.revision("style-neon", CARD) as revision:
+            writer.upsert(revision.name, ids[6:], vectors[6:], payloads[6:])
+            revision.changed = True
+        assert reader.ids("style-neon") == set(ids)  # the reader moves to the new version

@@ -110,13 +110,7 @@ class EdgeStore(VectorStore):
         return indexed
 
     def _create(self, name: str, dim: int, card: ClipCard) -> None:
-        draft = self._new_version(name)
-        folder = self.root / draft
-        folder.mkdir(parents=True)
-        EdgeShard.create(str(folder / "shard"), self._config(dim)).close()
-        meta = {"dim": dim, "clip_model": card.model, "clip_fingerprint": card.fingerprint}
-        (folder / META).write_text(json.dumps(meta, indent=2) + "\n")
-        self._publish(name, draft)
+        self._publish(name, self._begin(name, card, fresh=True))
         # an unversioned collection of an earlier release, which no reader can see any more
         shutil.rmtree(self.root / name / "shard", ignore_errors=True)
         (self.root / name / META).unlink(missing_ok=True)
@@ -125,13 +119,23 @@ class EdgeStore(VectorStore):
         versions = [int(p.name[1:]) for p in (self.root / name).glob("v[0-9]*") if p.name[1:].isdigit()]
         return f"{name}/v{max(versions, default=0) + 1:06d}"
 
-    def _begin(self, name: str, card: ClipCard) -> str:
-        if not self.exists(name):
-            self._create(name, card.embed_dim, card)
-        current = self._folder(name)
-        self._close_folder(current)  # the engine's files must be at rest to be copied
+    def _built_with(self, name: str) -> tuple[int, str, str]:
+        meta = self._meta(name)
+        return meta["dim"], meta["clip_model"], meta["clip_fingerprint"]
+
+    def _begin(self, name: str, card: ClipCard, fresh: bool) -> str:
         draft = self._new_version(name)
-        shutil.copytree(current, self.root / draft)
+        folder = self.root / draft
+        if fresh:
+            folder.mkdir(parents=True)
+            EdgeShard.create(str(folder / "shard"), self._config(card.embed_dim)).close()
+            meta = {"dim": card.embed_dim, "clip_model": card.model, "clip_fingerprint": card.fingerprint}
+            (folder / META).write_text(json.dumps(meta, indent=2) + "\n")
+        else:
+            current = self._folder(name)
+            self._close_folder(current)
+            # a published version is never written again, so its files can be copied while open
+            shutil.copytree(current, folder)
         return draft
 
     def _publish(self, name: str, draft: str) -> None:

@@ -81,25 +81,27 @@ class ServerStore(VectorStore):
     def _create(self, name: str, dim: int, card: ClipCard) -> None:
         self._publish(name, self._new_physical(name, dim, card))
 
-    def _begin(self, name: str, card: ClipCard) -> str:
+    def _built_with(self, name: str) -> tuple[int, str, str]:
+        info = self.info(name)
+        return info.dim, info.clip_model, info.clip_fingerprint
+
+    def _begin(self, name: str, card: ClipCard, fresh: bool) -> str:
         draft = self._new_physical(name, card.embed_dim, card)
-        if self.exists(name):
-            offset = None
-            while True:
-                records, offset = self.client.scroll(
-                    name, limit=UPSERT_BATCH, offset=offset, with_payload=True, with_vectors=True
+        offset = None
+        while not fresh:
+            records, offset = self.client.scroll(
+                name, limit=UPSERT_BATCH, offset=offset, with_payload=True, with_vectors=True
+            )
+            if records:
+                self.client.upsert(
+                    draft,
+                    points=[
+                        models.PointStruct(id=r.id, vector=cast(list[float], r.vector), payload=r.payload)
+                        for r in records
+                    ],
+                    wait=True,
                 )
-                if records:
-                    self.client.upsert(
-                        draft,
-                        points=[
-                            models.PointStruct(id=r.id, vector=cast(list[float], r.vector), payload=r.payload)
-                            for r in records
-                        ],
-                        wait=True,
-                    )
-                if offset is None:
-                    break
+            fresh = offset is None
         return draft
 
     def _publish(self, name: str, draft: str) -> None:

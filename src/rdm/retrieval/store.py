@@ -59,6 +59,14 @@ class Hit:
     vector: np.ndarray | None = None
 
 
+@dataclass
+class Revision:
+    name: str
+    """Where the new version is written (the store's name for a draft)."""
+    changed: bool = False
+    """Set when something was written: only a changed revision is published."""
+
+
 @dataclass(frozen=True)
 class CollectionInfo:
     name: str
@@ -116,9 +124,14 @@ class VectorStore(ABC):
         """Release files or connections."""
 
     @abstractmethod
-    def _begin(self, name: str, card: ClipCard) -> str:
-        """A new, unpublished version of `name` holding a copy of its current points (empty when the
-        collection is new); returns the name to write it under."""
+    def _built_with(self, name: str) -> tuple[int, str, str]:
+        """(dimension, CLIP model, CLIP fingerprint) of the published `name`, read without opening
+        its points (another process may be searching them)."""
+
+    @abstractmethod
+    def _begin(self, name: str, card: ClipCard, fresh: bool) -> str:
+        """A new, unpublished version of `name`: empty when `fresh`, else a copy of the published
+        points; returns the name to change it under."""
 
     @abstractmethod
     def _publish(self, name: str, draft: str) -> None:
@@ -131,21 +144,32 @@ class VectorStore(ABC):
         return name in self.list_collections()
 
     @contextmanager
-    def revision(self, name: str, card: ClipCard) -> Iterator[str]:
-        """A private copy of collection `name` (created for this CLIP if missing) to change through
-        the name yielded; published atomically when the block ends, discarded if it raises.
-        Raises CollectionBusy while another revision of `name` runs, in any process."""
+    def revision(self, name: str, card: ClipCard, rebuild_mismatched: bool = False) -> Iterator[Revision]:
+        """A private version of collection `name` to change through `revision.name`: a copy of the
+        published points, or empty when the collection is new (or, with `rebuild_mismatched`, was
+        built with another CLIP). When the block ends it is published in one atomic step if
+        `revision.changed`, else dropped; if the block raises, it is dropped. The published version
+        is never opened, so readers in other processes may keep searching it. Raises CollectionBusy
+        while another revision of `name` runs, in any process."""
         with self._lock(name):
-            if self.exists(name):
-                self.check(self.info(name), card)
-            draft = self._begin(name, card)
+            fresh = not self.exists(name)
+            if not fresh and self._built_with(name) != (card.embed_dim, card.model, card.fingerprint):
+                dim, model, fingerprint = self._built_with(name)
+                if not rebuild_mismatched:
+                    self.check(CollectionInfo(name, self.backend, -1, dim, model, fingerprint), card)
+                print(f"collection {name} holds vectors of CLIP {model} [{fingerprint}]; rebuilding it")
+                fresh = True
+            revision = Revision(self._begin(name, card, fresh), changed=fresh)
             try:
-                yield draft
-                self.finish(draft)
-                self._publish(name, draft)
+                yield revision
             except BaseException:
-                self._discard(draft)
+                self._discard(revision.name)
                 raise
+            if revision.changed:
+                self.finish(revision.name)
+                self._publish(name, revision.name)
+            else:
+                self._discard(revision.name)
 
     def _lock(self, name: str) -> AbstractContextManager[None]:
         return exclusive(Path(self.params.path) / ".locks" / f"{name}.lock", f"collection {name!r}")

@@ -66,29 +66,25 @@ def fill_collection(
     new, never a mix); with nothing to change, no version is made. A collection built with another
     CLIP is refused before anything is written, or, with `rebuild_mismatched`, built again.
     """
-    if rebuild_mismatched and store.exists(name) and not store.matches(store.info(name), card):
-        print(f"embed: collection {name} holds another CLIP's vectors; rebuilding it")
-        store.drop(name)
     wanted = set(rows["id"])
-    if store.exists(name) and store.ids(name) == wanted:
-        return {"points": len(wanted), "added": 0, "removed": 0}
-    with store.revision(name, card) as draft:
-        stored = store.ids(draft)
+    with store.revision(name, card, rebuild_mismatched) as draft:
+        stored = store.ids(draft.name)
         new = rows[~rows["id"].isin(stored)]
         if len(new):
             payloads = [
                 {
                     "id": r.id,
                     "path": str(prepared / r.path),
-                    "caption": r.caption,
-                    "style": r.style,
+                    "caption": None if pd.isna(r.caption) else r.caption,  # sources without captions
+                    "style": None if pd.isna(r.style) else r.style,
                     "split": r.split,
                 }
                 for r in new.itertuples()
             ]
-            store.upsert(draft, list(new["id"]), chunks.vectors_for(list(new["id"])), payloads)
+            store.upsert(draft.name, list(new["id"]), chunks.vectors_for(list(new["id"])), payloads)
         removed = sorted(stored - wanted)
-        store.delete(draft, removed)
+        store.delete(draft.name, removed)
+        draft.changed |= bool(len(new) or removed)
     return {"points": len(wanted), "added": len(new), "removed": len(removed)}
 
 

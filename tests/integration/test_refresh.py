@@ -1,0 +1,133 @@
+"""The refresh of the style collections from an S3 bucket (moto's server): images added, changed and
+deleted in the bucket, `rdm refresh` (what the refresh-style-collections flow runs) leaves each
+collection holding exactly the bucket's good images, a reader searching all the while sees the old
+collection or the new one and never a mix, and a second refresh at the same time is refused."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+from PIL import Image
+
+from rdm.config import load_config
+from rdm.retrieval.store import open_store, style_collection
+from rdm.stages import clip, embed, generate, prepare
+from tests.support import rdm_env, work_in, write_params
+
+pytestmark = pytest.mark.slow
+BUCKET = "art"
+
+
+def flipped(png: bytes) -> bytes:
+    """A different, valid image of the same style."""
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(png)).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def bucket_ids(client, style: str) -> set[str]:
+    """sha256 of every good image under styles/<style>/ (the rejected file is named broken.png)."""
+    listed = client.list_objects_v2(Bucket=BUCKET, Prefix=f"styles/{style}/")["Contents"]
+    return {
+        hashlib.sha256(client.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read()).hexdigest()
+        for o in listed
+        if not o["Key"].endswith("broken.png")
+    }
+
+
+def test_refresh_follows_the_bucket_atomically_one_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_endpoint: str
+) -> None:
+    work_in(tmp_path, monkeypatch)
+    write_params(
+        tmp_path,
+        prepare={"sources": {"styles": f"s3://{BUCKET}/styles"}},
+        s3={"endpoint_url": s3_endpoint, "region": "us-east-1"},
+    )
+    config = load_config(tmp_path / "params.yaml")
+    generate.run(config.generate, progress=False)
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket=BUCKET)
+    raw_styles = Path(config.generate.out) / "styles"
+    for path in sorted(raw_styles.rglob("*.png")):
+        client.put_object(Bucket=BUCKET, Key=f"styles/{path.relative_to(raw_styles)}", Body=path.read_bytes())
+    prepare.run(config.prepare, config.s3, progress=False)
+    clip.run(config.clip, Path(config.prepare.out), progress=False)
+    embed.run(config.embed, config.store, Path(config.clip.out), Path(config.prepare.out), progress=False)
+
+    grown, changed, shrunk = "neon", "mosaic", "hatching"
+    names = {s: style_collection(s) for s in (grown, changed, shrunk)}
+    with open_store(config.store) as store:
+        before = {s: store.ids(name) for s, name in names.items()}
+    assert before[grown] == bucket_ids(client, grown)
+
+    def key(style: str, index: int) -> str:
+        return client.list_objects_v2(Bucket=BUCKET, Prefix=f"styles/{style}/")["Contents"][index]["Key"]
+
+    def read(k: str) -> bytes:
+        return client.get_object(Bucket=BUCKET, Key=k)["Body"].read()
+
+    client.put_object(Bucket=BUCKET, Key=f"styles/{grown}/new-1.png", Body=flipped(read(key(grown, 0))))
+    client.put_object(Bucket=BUCKET, Key=f"styles/{grown}/new-2.png", Body=flipped(read(key(grown, 1))))
+    client.put_object(Bucket=BUCKET, Key=f"styles/{grown}/broken.png", Body=b"not an image at all\n" * 10)
+    client.put_object(Bucket=BUCKET, Key=key(changed, 0), Body=flipped(read(key(changed, 0))))
+    client.delete_object(Bucket=BUCKET, Key=key(shrunk, 0))
+    after = {s: bucket_ids(client, s) for s in names}
+
+    seen: list[dict[str, frozenset[str]]] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        with open_store(config.store) as store:
+            while not stop.is_set():
+                seen.append({s: frozenset(store.ids(name)) for s, name in names.items()})
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    env = rdm_env()
+    first = subprocess.Popen(
+        ["rdm", "refresh"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lock = Path(config.store.path) / ".locks" / "refresh.lock"
+    deadline = time.monotonic() + 120
+    while (
+        not (lock.is_file() and lock.read_text().strip())
+        and first.poll() is None
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+    second = subprocess.run(["rdm", "refresh"], env=env, capture_output=True, text=True, check=False)
+    output, _ = first.communicate(timeout=600)
+    stop.set()
+    thread.join()
+
+    assert first.returncode == 0, output
+    assert second.returncode == 2 and "being changed by pid" in second.stderr, second.stderr
+    with open_store(config.store) as store:
+        for style, name in names.items():
+            assert store.ids(name) == after[style], style
+    for snapshot in seen:
+        for style in names:
+            assert snapshot[style] in (before[style], after[style]), (
+                f"{style}: a partial collection was visible"
+            )
+    assert len(seen) > 3 and seen[-1] == {s: frozenset(after[s]) for s in names}
+
+    report = json.loads(Path(config.refresh.metrics).read_text())
+    assert report["styles"][grown] == {
+        "added": 2,
+        "changed": 0,
+        "removed": 0,
+        "rejected": 1,
+        "points": len(after[grown]),
+    }
+    assert (report["styles"][changed]["changed"], report["styles"][shrunk]["removed"]) == (1, 1)
+    assert report["embedded"] == 3, "only the two new images and the changed one go through CLIP"
