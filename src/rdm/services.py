@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,12 +97,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _wait(what: str, ready: object, pid: int, log: Path, timeout: float) -> float:
+def _wait(what: str, ready: Callable[[], bool], pid: int, log: Path, timeout: float) -> float:
     started = time.perf_counter()
     while time.perf_counter() - started < timeout:
         if not _alive(pid):
             raise ServiceError(f"{what} exited while starting; its log ({log}) ends:\n{_tail(log)}")
-        if ready():  # type: ignore[operator]
+        if ready():
             return time.perf_counter() - started
         time.sleep(1)
     raise ServiceError(f"{what} did not answer within {timeout:.0f} s (services.startup_timeout); see {log}")

@@ -77,13 +77,19 @@ def dvc(args: Sequence[str], root: Path, log: Log = print) -> str:
 
 
 def stages(root: Path) -> list[str]:
-    """The stages of `root/dvc.yaml`, each after the stages it depends on."""
+    """The pipeline's stages (`dvc.yaml` files under `root`), each after the stages it depends on, as
+    `dvc repro` names them from `root`. `dvc add`ed data is not a stage to run (see version_sources)."""
     import networkx as nx
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
         graph = repo.index.graph  # edges run from a stage to the stages it depends on
-        return [stage.addressing for stage in reversed(list(nx.topological_sort(graph)))]
+        ordered = [s for s in reversed(list(nx.topological_sort(graph))) if not s.is_data_source]
+    names = []
+    for stage in ordered:
+        dvc_file = Path(stage.path).relative_to(root.resolve())
+        names.append(stage.name if dvc_file == Path("dvc.yaml") else f"{dvc_file}:{stage.name}")
+    return names
 
 
 def reproduce(root: Path, stage: str, log: Log = print) -> StageRun:
@@ -101,16 +107,22 @@ def reproduce(root: Path, stage: str, log: Log = print) -> StageRun:
     return StageRun(stage, outcome, round(time.perf_counter() - started, 2))
 
 
-def tracked_sources(root: Path) -> list[Path]:
-    """Data added with `dvc add` (a `.dvc` file each), outside DVC's own folders."""
-    return sorted(
-        p for p in root.rglob("*.dvc") if p.is_file() and not {".dvc", ".git", ".venv"} & set(p.parts)
-    )
+def tracked_sources(root: Path) -> list[str]:
+    """The data added with `dvc add` (one `.dvc` file each), as paths relative to `root`."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return sorted(
+            str(Path(out.fs_path).relative_to(root.resolve()))
+            for stage in repo.index.stages
+            if stage.is_data_source
+            for out in stage.outs
+        )
 
 
 def version_sources(root: Path, log: Log = print) -> list[str]:
     """Record the current content of every `dvc add`ed source (a no-op for unchanged ones)."""
-    targets = [str(p.relative_to(root).with_suffix("")) for p in tracked_sources(root)]
+    targets = tracked_sources(root)
     if targets:
         dvc(["add", *targets], root, log)
     return targets
