@@ -54,13 +54,13 @@ test-fast: install
 	pytest -m "not slow"
 
 lint: install
-	ruff check src tests
-	ruff format --check src tests
+	ruff check src flows tests
+	ruff format --check src flows tests
 	mypy
 
 format: install
-	ruff check --fix src tests
-	ruff format src tests
+	ruff check --fix src flows tests
+	ruff format src flows tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

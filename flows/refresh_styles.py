@@ -40,9 +40,10 @@ def report(summary: dict[str, Any]) -> str | None:
 
 @flow(name="refresh-style-collections", log_prints=True)
 def refresh_style_collections(record: bool = True) -> dict[str, Any]:
-    summary = update_collections()
-    if record:
-        record_version()
+    with versioning.pipeline_lock(project()):  # a train-rdm running meanwhile finishes first
+        summary = update_collections()
+        if record:
+            record_version()
     report(summary)
     return summary
 

@@ -40,23 +40,27 @@ def draw(cfg: Config, prompts: list[str] | None, styles: list[str] | None) -> di
 
 
 @task
-def score(cfg: Config) -> dict[str, Any]:
-    return evaluate.run(cfg, progress=False)
+def score(cfg: Config, run_name: str) -> dict[str, Any]:
+    """The style evaluation, in an MLflow run of its own (the model's training run keeps the
+    evaluation of the `evaluate` stage)."""
+    return evaluate.run(cfg, progress=False, run_name=run_name)
 
 
 @flow(name="sample-styles", log_prints=True)
 def sample_styles(
-    model: str = "models:/rdm@latest",
+    model: str | None = None,
     prompts: list[str] | None = None,
     styles: list[str] | None = None,
     per_style: int | None = None,
 ) -> dict[str, Any]:
-    """`model`: models:/NAME@ALIAS, models:/NAME/VERSION or a model folder. `prompts`: the evaluation
-    prompts when empty. `styles`: every style collection when empty. `per_style`: sample.per_style."""
-    out = project() / "data" / "batches" / str(flow_run.get_name() or "local")
+    """`model`: models:/NAME@ALIAS, models:/NAME/VERSION or a model folder (default `sample.model`).
+    `prompts`: the evaluation prompts when empty. `styles`: every style collection when empty.
+    `per_style`: default `sample.per_style`."""
+    out = project() / "data" / "batches" / f"{flow_run.get_name()}-{str(flow_run.get_id())[:8]}"
+    model = model or config().sample.model
     cfg = batch_config(model, per_style, str(out))
     drawn = draw(cfg, prompts, styles)
-    metrics = score(cfg)
+    metrics = score(cfg, f"sample-styles {out.name}")
     table = format_table(pd.read_csv(Path(cfg.evaluate.plots) / "style_accuracy.csv"))
     create_markdown_artifact(
         key="sample-styles-table",

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger
 
 from rdm.config import Config, load_config
+from rdm.errors import UserError
 from rdm.versioning import is_transient
 
 
 def project() -> Path:
-    """The DVC project the flow works on: the folder it was served from (`make services`)."""
-    return Path.cwd()
+    """The DVC project the flow works on: RDM_PROJECT, else the flow run's working folder (the one
+    `make services` served the deployments from; `infra/prefect.yaml` sets it for workers)."""
+    root = Path(os.environ.get("RDM_PROJECT") or Path.cwd()).resolve()
+    if not (root / "dvc.yaml").is_file():
+        raise UserError(f"{root}: no dvc.yaml here; serve the flows from the project or set RDM_PROJECT")
+    return root
 
 
 def config() -> Config:

@@ -49,11 +49,12 @@ def register_model() -> dict[str, Any]:
 def train_rdm(params: dict[str, Any] | None = None, push: bool = True) -> dict[str, Any]:
     """The whole pipeline, stage by stage. `params`: dotted changes to params.yaml before running;
     `push`: send the data to the default DVC remote at the end."""
-    if params:
-        apply_params(params)
-    version_data()
-    runs = [run_stage(stage) for stage in versioning.stages(project())]
-    remote = push_data() if push else None
+    with versioning.pipeline_lock(project()):  # a refresh running meanwhile finishes first
+        if params:
+            apply_params(params)
+        version_data()
+        runs = [run_stage(stage) for stage in versioning.stages(project())]
+        remote = push_data() if push else None
     model = register_model() if config().tracking.enabled else None
     create_table_artifact(
         key="train-rdm-stages",

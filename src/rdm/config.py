@@ -362,6 +362,19 @@ class RefreshParams(Section):
     """Cron (5 fields) of the refresh-style-collections deployment."""
     timezone: str = "UTC"
     metrics: str = "reports/refresh.json"
+
+    @model_validator(mode="after")
+    def _known_timezone(self) -> RefreshParams:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"refresh.timezone {self.timezone!r} is not an IANA time zone (e.g. UTC, Europe/Berlin)"
+            ) from None
+        return self
+
     """The last refresh's summary: per style added, changed, removed, rejected, points; duration."""
 
 
@@ -453,6 +466,18 @@ def _known_keys(loc: tuple[int | str, ...]) -> list[str]:
     return list(model.model_fields)
 
 
+def _null_as_null_class() -> type:
+    from ruamel.yaml.representer import RoundTripRepresenter
+
+    class NullAsNull(RoundTripRepresenter):
+        """Writes None as `null`, as params.yaml spells it (ruamel's default writes nothing)."""
+
+    NullAsNull.add_representer(
+        type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
+    return NullAsNull
+
+
 def set_params(path: Path, changes: dict[str, Any]) -> list[str]:
     """Write dotted changes (`{"train.max_steps": 3000}`) into the params file, keeping its comments and
     order, as `dvc exp run -S` does. The result is validated before anything is written; returns the
@@ -465,9 +490,7 @@ def set_params(path: Path, changes: dict[str, Any]) -> list[str]:
 
     round_trip = YAML()
     round_trip.preserve_quotes = True
-    round_trip.representer.add_representer(
-        type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null")
-    )
+    round_trip.Representer = _null_as_null_class()
     document = round_trip.load(path.read_text())
     changed = []
     for dotted, value in changes.items():

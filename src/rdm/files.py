@@ -20,9 +20,10 @@ class Busy(UserError):
 
 
 @contextmanager
-def exclusive(path: Path, what: str) -> Iterator[None]:
-    """Hold the lock file `path` for the block, or raise Busy at once if another process holds it.
-    The lock dies with its holder, so a killed process never leaves it stuck."""
+def exclusive(path: Path, what: str, wait: bool = False) -> Iterator[None]:
+    """Hold the lock file `path` for the block. If another process holds it, raise Busy at once or,
+    with `wait`, wait for it. The lock dies with its holder, so a killed process never leaves it
+    stuck. It excludes the processes of one machine only."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a+") as handle:
         try:
@@ -30,9 +31,12 @@ def exclusive(path: Path, what: str) -> Iterator[None]:
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
-            raise Busy(
-                f"{what} is being changed by {holder} (lock {path}); wait for it, then try again"
-            ) from None
+            if not wait:
+                raise Busy(
+                    f"{what} is being changed by {holder} (lock {path}); wait for it, then try again"
+                ) from None
+            print(f"waiting for {holder}, which is changing {what} (lock {path})")
+            fcntl.flock(handle, fcntl.LOCK_EX)
         handle.truncate(0)
         handle.write(f"pid {os.getpid()}\n")
         handle.flush()

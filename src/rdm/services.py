@@ -3,8 +3,8 @@ an MLflow server (SQLite backend, local artifacts, one worker) and the process s
 deployments (`flows/serve.py`). Their databases, logs and process ids live in `services.state`;
 `stop` ends exactly the processes `start` recorded there.
 
-The MLflow server uses the project's own store (`mlflow.db`), so the runs of `dvc repro` and of the
-flows are browsable in one UI.
+The MLflow server uses the project's own store (`mlflow.db`) and artifact folder (`mlruns/`), so the
+runs of `dvc repro` and of the flows are browsable in one UI and readable without the server.
 """
 
 from __future__ import annotations
@@ -59,6 +59,16 @@ def environment(params: ServicesParams) -> dict[str, str]:
     }
 
 
+def _profile_api_url() -> str | None:
+    """PREFECT_API_URL in the user's active Prefect profile (None when unset)."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.settings.profiles import load_profiles
+
+    profile = load_profiles().active_profile
+    value = profile.settings.get(PREFECT_API_URL) if profile else None
+    return str(value) if value else None
+
+
 def _point_prefect_cli(api: str | None) -> None:
     """Set (or, with None, unset) PREFECT_API_URL in the user's active Prefect profile, so that a plain
     `prefect deployment run ...` reaches this server, as `prefect config set` after `prefect server
@@ -88,6 +98,7 @@ def _answers(url: str) -> bool:
 
 
 def _alive(pid: int) -> bool:
+    _reap(pid)  # a child of ours that exited is a zombie until collected
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -136,7 +147,7 @@ def start(params: ServicesParams, root: Path) -> dict[str, int]:
     state = (root / params.state).resolve()
     state.mkdir(parents=True, exist_ok=True)
     recorded = _read_state(state)
-    if recorded and any(_alive(pid) for pid in recorded.values()):
+    if recorded and any(_ours(pid) for pid in recorded.values()):
         print(f"services: already running ({state / STATE_FILE}); `make services-stop` first to restart")
         status(params, root)
         return recorded
@@ -165,8 +176,11 @@ def start(params: ServicesParams, root: Path) -> dict[str, int]:
                 "server",
                 "--backend-store-uri",
                 f"sqlite:///{(root / 'mlflow.db').resolve()}",
-                "--artifacts-destination",
-                str((root / "mlartifacts").resolve()),
+                # artifacts where `sqlite:///mlflow.db` without a server puts them, so that runs
+                # logged through the server and runs of a plain `dvc repro` read each other's
+                "--default-artifact-root",
+                str((root / "mlruns").resolve()),
+                "--no-serve-artifacts",
                 "--host",
                 params.host,
                 "--port",
@@ -210,8 +224,8 @@ def start(params: ServicesParams, root: Path) -> dict[str, int]:
             params.startup_timeout,
         )
         print(f"services: deployments {', '.join(DEPLOYMENTS)} served in {seconds:.0f} s")
+        (state / PROFILE_MARK).write_text(json.dumps({"previous": _profile_api_url()}) + "\n")
         _point_prefect_cli(address.prefect_api)
-        (state / PROFILE_MARK).write_text(address.prefect_api + "\n")
     except BaseException:
         stop(params, root)
         raise
@@ -229,27 +243,46 @@ def _print_usage(params: ServicesParams, root: Path) -> None:
 
 
 def stop(params: ServicesParams, root: Path) -> None:
-    """End the processes `start` recorded (each with its process group), and nothing else."""
+    """End the processes `start` recorded, each with its whole process group (flow runs, workers),
+    the deployments first so that their runs are reported while the servers still listen."""
     state = (root / params.state).resolve()
-    for name, pid in _read_state(state).items():
-        if not _alive(pid):
+    for name, pid in reversed(_read_state(state).items()):
+        if not _ours(pid):
             continue
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
         deadline = time.perf_counter() + 30
-        while _alive(pid) and time.perf_counter() < deadline:
+        while _group_alive(pid) and time.perf_counter() < deadline:
             _reap(pid)
             time.sleep(0.3)
-        if _alive(pid):
-            os.killpg(pid, signal.SIGKILL)
+        if _group_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
             _reap(pid)
         print(f"services: stopped {name} (pid {pid})")
     (state / STATE_FILE).unlink(missing_ok=True)
     if (state / PROFILE_MARK).is_file():
-        _point_prefect_cli(None)
+        _point_prefect_cli(json.loads((state / PROFILE_MARK).read_text())["previous"])
         (state / PROFILE_MARK).unlink()
+
+
+def _ours(pid: int) -> bool:
+    """The recorded process is still one `start` launched (a pid may have been reused since)."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return any(program in command for program in ("prefect", "mlflow", "flows.serve"))
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _reap(pid: int) -> None:
@@ -268,7 +301,7 @@ def status(params: ServicesParams, root: Path) -> dict[str, bool]:
     }
     for name, pid in _read_state(state).items():
         print(
-            f"services: {name:12s} pid {pid:7d} {'running' if _alive(pid) else 'gone'}"
+            f"services: {name:12s} pid {pid:7d} {'running' if _ours(pid) else 'gone'}"
             f"{'' if checks.get(name, True) else ' (not answering)'}"
         )
     return checks

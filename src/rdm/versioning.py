@@ -4,16 +4,21 @@ subprocesses so that their output can be streamed into the flow run's log."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 from rdm.errors import UserError
+from rdm.files import exclusive
 
 Log = Callable[[str], None]
 DVC = shutil.which("dvc", path=str(Path(sys.executable).parent)) or "dvc"
@@ -21,8 +26,9 @@ DVC = shutil.which("dvc", path=str(Path(sys.executable).parent)) or "dvc"
 SKIPPED = re.compile(r"Stage '(?P<stage>[^']+)' didn't change, skipping")
 RESTORED = re.compile(r"Stage '(?P<stage>[^']+)' is cached - skipping run")
 TRANSIENT = re.compile(
-    r"Unable to acquire lock|rwlock|ConnectionError|Connection (refused|reset)|timed out|"
-    r"Temporary failure|SlowDown|Service Unavailable|database is locked",
+    r"Unable to acquire lock|rwlock|Could not connect to the endpoint URL|Read timeout on endpoint|"
+    r"Connection (refused|reset|aborted)|Temporary failure in name resolution|SlowDown|"
+    r"Service Unavailable|database is locked|is being changed by pid|Can't init WAL: Kind\(WouldBlock\)",
     re.IGNORECASE,
 )
 
@@ -40,15 +46,20 @@ class StageRun:
 
 
 def is_transient(error: BaseException) -> bool:
-    """Failures worth another try: a lock held by a concurrent DVC command, a network or S3 hiccup,
-    a busy SQLite store. Not a bad param, a missing file or a failing stage."""
+    """Failures worth another try: a lock held by a concurrent DVC command or refresh, a shard open in
+    another process, a network or S3 hiccup, a busy SQLite store. Not a bad param, a missing file or a
+    failing stage. Stage errors reach the flow as DVC's output, so they are told apart by message."""
     return bool(TRANSIENT.search(str(error)))
+
+
+def pipeline_lock(root: Path) -> AbstractContextManager[None]:
+    """Held by every flow run that changes the project's data (train-rdm, the refresh): they wait
+    for each other instead of rewriting files under one another."""
+    return exclusive(root / ".dvc" / "tmp" / "rdm-pipeline.lock", f"the pipeline data of {root}", wait=True)
 
 
 def dvc(args: Sequence[str], root: Path, log: Log = print) -> str:
     """Run `dvc *args` in `root`, streaming each line of its output to `log`; returns the output."""
-    import time
-
     env = os.environ | {"DVC_NO_ANALYTICS": "1", "TQDM_MININTERVAL": "10"}
     started = time.perf_counter()
     process = subprocess.Popen(
@@ -59,21 +70,38 @@ def dvc(args: Sequence[str], root: Path, log: Log = print) -> str:
         stderr=subprocess.STDOUT,
         text=True,
         bufsize=1,
+        start_new_session=True,  # its own group, so a cancelled flow run takes the stage down with it
     )
     assert process.stdout is not None
     lines: list[str] = []
-    for raw in process.stdout:
-        for line in raw.replace("\r", "\n").splitlines():
-            if line.strip():
-                lines.append(line)
-                log(line)
-    if process.wait() != 0:
+    try:
+        for raw in process.stdout:
+            for line in raw.replace("\r", "\n").splitlines():
+                if line.strip():
+                    lines.append(line)
+                    log(line)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            _end_group(process)
+    if process.returncode != 0:
         tail = "\n".join(lines[-30:])
         raise DvcError(
             f"`dvc {' '.join(args)}` failed in {root} (exit {process.returncode}, "
             f"{time.perf_counter() - started:.0f} s):\n{tail}"
         )
     return "\n".join(lines)
+
+
+def _end_group(process: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def stages(root: Path) -> list[str]:
@@ -94,8 +122,6 @@ def stages(root: Path) -> list[str]:
 
 def reproduce(root: Path, stage: str, log: Log = print) -> StageRun:
     """`dvc repro` of one stage alone (its upstream stages are the caller's earlier calls)."""
-    import time
-
     started = time.perf_counter()
     output = dvc(["repro", "--single-item", stage], root, log)
     if SKIPPED.search(output):

@@ -68,6 +68,9 @@ def services(tmp_path: Path) -> Iterator[Services]:
         yield Services(repo, env, f"http://127.0.0.1:{prefect_port}", f"http://127.0.0.1:{mlflow_port}")
     finally:
         run(["rdm", "services", "stop"], repo, env)
+    for port in (prefect_port, mlflow_port):
+        with pytest.raises(OSError):  # nothing listens any more
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=3)
 
 
 def test_deployments_train_track_register_skip_and_show_in_the_uis(services: Services) -> None:
@@ -83,7 +86,8 @@ def test_deployments_train_track_register_skip_and_show_in_the_uis(services: Ser
     assert "train/loss" in training.data.metrics and "eval/classifier.holdout_top1" in training.data.metrics
     versions = client.search_model_versions("name = 'rdm'")
     assert [v.run_id for v in versions] == [training.info.run_id]
-    assert (services.repo / ".." / "remote").resolve().is_dir(), "the data was pushed to the DVC remote"
+    pushed = [p for p in (services.repo.parent / "remote").rglob("*") if p.is_file()]
+    assert len(pushed) > 100, "the data was pushed to the DVC remote"
 
     second = services.deploy("train-rdm/train-rdm")
     assert set(services.stage_outcomes().values()) == {"skipped"}
@@ -93,6 +97,16 @@ def test_deployments_train_track_register_skip_and_show_in_the_uis(services: Ser
     changed = services.stage_outcomes()
     assert {s for s, outcome in changed.items() if outcome == "ran"} == {"evaluate"}, changed
     assert "epochs: 150" in (services.repo / "params.yaml").read_text()
+
+    services.deploy(
+        "sample-styles/sample-styles",
+        {"model": "models:/rdm@latest", "styles": ["neon", "mosaic"], "per_style": 2},
+    )
+    (batch,) = (services.repo / "data" / "batches").iterdir()
+    records = (batch / "samples" / "samples.jsonl").read_text().splitlines()
+    assert len(records) == 2 * 2 * 2  # styles x methods x per_style
+    assert {json.loads(r)["style"] for r in records} == {"neon", "mosaic"}
+    assert (batch / "evaluate.json").is_file()
 
     services.deploy("refresh-style-collections/refresh-style-collections")
     (refresh,) = client.search_runs(

@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
+from rdm.config import load_config
 from tests.support import REPO_ROOT
 
 INFRA = REPO_ROOT / "infra"
@@ -233,6 +234,7 @@ def test_prefect_yaml_declares_the_deployments_on_the_gpu_pool() -> None:
     assert refresh["entrypoint"] == "flows/refresh_styles.py:refresh_style_collections"
     assert refresh["concurrency_limit"] == 1
     [schedule] = refresh["schedules"]
-    assert schedule["cron"] == "0 3 * * *" and schedule["timezone"] == "UTC"
+    configured = load_config(REPO_ROOT / "params.yaml").refresh
+    assert (schedule["cron"], schedule["timezone"]) == (configured.schedule, configured.timezone)
     CronSchedule(cron=schedule["cron"], timezone=schedule["timezone"])  # a cron Prefect accepts
     assert not any("schedules" in deployments[name] for name in DEPLOYMENTS - {refresh["name"]})

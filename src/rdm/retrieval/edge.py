@@ -3,7 +3,7 @@
 Layout: `<store.path>/<collection>/<version>/shard/` (the engine's files) with `collection.json`
 beside it (dimension and the CLIP the vectors came from), and `<collection>/CURRENT` naming the
 published version. A revision copies the current version's folder, changes the copy, and replaces
-CURRENT in one rename; the version before stays for readers still holding it, older ones are removed.
+CURRENT in one rename; the version it replaces stays for readers still holding it, all others are removed.
 A shard folder is opened by one handle at a time (the engine locks its WAL), and by another once closed.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,13 +37,12 @@ from qdrant_edge import (
 
 from rdm.config import StoreParams
 from rdm.embedding.model import ClipCard
-from rdm.retrieval.store import CollectionError, CollectionInfo, Hit, VectorStore, point_id
+from rdm.retrieval.store import CollectionError, CollectionInfo, Hit, VectorStore, ids_digest, point_id
 
 META = "collection.json"
 CURRENT = "CURRENT"
 UPSERT_BATCH = 5000
-KEEP_VERSIONS = 2
-"""The published version and the one before it, which a reader may still be searching."""
+COPY_ATTEMPTS = 3
 
 
 class EdgeStore(VectorStore):
@@ -119,7 +119,7 @@ class EdgeStore(VectorStore):
         versions = [int(p.name[1:]) for p in (self.root / name).glob("v[0-9]*") if p.name[1:].isdigit()]
         return f"{name}/v{max(versions, default=0) + 1:06d}"
 
-    def _built_with(self, name: str) -> tuple[int, str, str]:
+    def built_with(self, name: str) -> tuple[int, str, str]:
         meta = self._meta(name)
         return meta["dim"], meta["clip_model"], meta["clip_fingerprint"]
 
@@ -131,24 +131,49 @@ class EdgeStore(VectorStore):
             EdgeShard.create(str(folder / "shard"), self._config(card.embed_dim)).close()
             meta = {"dim": card.embed_dim, "clip_model": card.model, "clip_fingerprint": card.fingerprint}
             (folder / META).write_text(json.dumps(meta, indent=2) + "\n")
-        else:
-            current = self._folder(name)
-            self._close_folder(current)
-            # a published version is never written again, so its files can be copied while open
+            return draft
+        current = self._folder(name)
+        self._close_folder(current)
+        expected = self._meta(name).get("points")
+        for attempt in range(COPY_ATTEMPTS):
+            # A published version's points never change, but the engine rewrites a few small files
+            # whenever a reader opens it: a copy made at that moment is checked, and made again.
             shutil.copytree(current, folder)
-        return draft
+            try:
+                if expected is None or self._shard(draft).count(CountRequest(exact=True)) == expected:
+                    return draft
+            except Exception:
+                if attempt == COPY_ATTEMPTS - 1:
+                    raise
+            self._discard(draft)
+            time.sleep(0.2 * (attempt + 1))
+        raise CollectionError(f"{current}: could not copy a consistent version of {name!r}; try again")
 
     def _publish(self, name: str, draft: str) -> None:
-        self._close_folder(self.root / draft)
+        """Seal `draft` (its point count and ids digest in its metadata), point CURRENT at it in one
+        rename, and remove every version but it and the one it replaces (drafts left by killed runs too)."""
+        folder = self.root / draft
+        meta = json.loads((folder / META).read_text())
+        meta |= {
+            "points": self._shard(draft).count(CountRequest(exact=True)),
+            "ids_sha256": ids_digest(self.ids(draft)),
+        }
+        (folder / META).write_text(json.dumps(meta, indent=2) + "\n")
+        self._close_folder(folder)
         pointer = self.root / name / CURRENT
+        previous = pointer.read_text().strip() if pointer.is_file() else None
         staged = pointer.with_suffix(".next")
-        staged.write_text(draft.split("/", 1)[1] + "\n")
+        staged.write_text(folder.name + "\n")
         os.replace(staged, pointer)
         self._written(name)
-        versions = sorted(p for p in (self.root / name).glob("v[0-9]*") if p.is_dir())
-        for old in versions[:-KEEP_VERSIONS]:
-            self._close_folder(old)
-            shutil.rmtree(old, ignore_errors=True)
+        for version in (self.root / name).glob("v[0-9]*"):
+            if version.is_dir() and version.name not in (folder.name, previous):
+                self._close_folder(version)
+                shutil.rmtree(version, ignore_errors=True)
+
+    def published_digest(self, name: str) -> str | None:
+        digest = self._meta(name).get("ids_sha256")
+        return str(digest) if digest else None
 
     def _discard(self, draft: str) -> None:
         self._close_folder(self.root / draft)
@@ -179,6 +204,7 @@ class EdgeStore(VectorStore):
     def upsert(
         self, name: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
     ) -> None:
+        self._unseal(name)
         shard = self._shard(name)
         for start in range(0, len(ids), UPSERT_BATCH):
             points = [
@@ -194,8 +220,21 @@ class EdgeStore(VectorStore):
         shard.flush()
         self._written(name)
 
+    def _unseal(self, name: str) -> None:
+        """A published version written in place (`ensure` then `upsert`, outside a revision) no longer
+        matches its sealed count and digest: forget them."""
+        if "/" not in name:
+            path = self._folder(name) / META
+            meta = json.loads(path.read_text())
+            if meta.keys() & {"points", "ids_sha256"}:
+                path.write_text(
+                    json.dumps({k: v for k, v in meta.items() if k not in ("points", "ids_sha256")}, indent=2)
+                    + "\n"
+                )
+
     def delete(self, name: str, ids: Sequence[str]) -> None:
         if ids:
+            self._unseal(name)
             shard = self._shard(name)
             shard.update(UpdateOperation.delete_points([point_id(i) for i in ids]))
             shard.flush()

@@ -2,7 +2,8 @@
 
 Each collection name is an alias of a physical collection (`<name>__v<n>`): a revision fills a new
 physical collection and publishes it by swapping the alias in one call; the version before stays for
-readers still searching it. The CLIP a collection was built with is kept in its metadata.
+readers still searching it, all others are removed. The CLIP a collection was built with is kept in
+its metadata.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from rdm.embedding.model import ClipCard
 from rdm.retrieval.store import CollectionError, CollectionInfo, Hit, VectorStore, point_id
 
 UPSERT_BATCH = 1000
-KEEP_VERSIONS = 2
 
 
 class ServerStore(VectorStore):
@@ -81,7 +81,7 @@ class ServerStore(VectorStore):
     def _create(self, name: str, dim: int, card: ClipCard) -> None:
         self._publish(name, self._new_physical(name, dim, card))
 
-    def _built_with(self, name: str) -> tuple[int, str, str]:
+    def built_with(self, name: str) -> tuple[int, str, str]:
         info = self.info(name)
         return info.dim, info.clip_model, info.clip_fingerprint
 
@@ -113,12 +113,11 @@ class ServerStore(VectorStore):
                 create_alias=models.CreateAlias(collection_name=draft, alias_name=name)
             )
         )
+        previous = self._aliases().get(name)
         self.client.update_collection_aliases(change_aliases_operations=swap)  # one atomic change
-        versions = sorted(
-            c.name for c in self.client.get_collections().collections if c.name.startswith(f"{name}__v")
-        )
-        for old in versions[:-KEEP_VERSIONS]:
-            self.client.delete_collection(old)
+        for collection in self.client.get_collections().collections:
+            if collection.name.startswith(f"{name}__v") and collection.name not in (draft, previous):
+                self.client.delete_collection(collection.name)  # older versions, drafts of killed runs
 
     def _discard(self, draft: str) -> None:
         self.client.delete_collection(draft)

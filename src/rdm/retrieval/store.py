@@ -37,6 +37,13 @@ def style_collection(style: str) -> str:
     return f"style-{style}"
 
 
+def ids_digest(ids: set[str]) -> str:
+    """One sha256 for a set of image ids: equal digests, equal collections."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+
+
 def point_id(image_id: str) -> str:
     return str(uuid.uuid5(POINT_NAMESPACE, image_id))
 
@@ -124,7 +131,7 @@ class VectorStore(ABC):
         """Release files or connections."""
 
     @abstractmethod
-    def _built_with(self, name: str) -> tuple[int, str, str]:
+    def built_with(self, name: str) -> tuple[int, str, str]:
         """(dimension, CLIP model, CLIP fingerprint) of the published `name`, read without opening
         its points (another process may be searching them)."""
 
@@ -143,6 +150,11 @@ class VectorStore(ABC):
     def exists(self, name: str) -> bool:
         return name in self.list_collections()
 
+    def published_digest(self, name: str) -> str | None:
+        """`ids_digest` of the published points of `name` (None when unknown), to skip a revision
+        that would change nothing."""
+        return ids_digest(self.ids(name))
+
     @contextmanager
     def revision(self, name: str, card: ClipCard, rebuild_mismatched: bool = False) -> Iterator[Revision]:
         """A private version of collection `name` to change through `revision.name`: a copy of the
@@ -153,8 +165,9 @@ class VectorStore(ABC):
         while another revision of `name` runs, in any process."""
         with self._lock(name):
             fresh = not self.exists(name)
-            if not fresh and self._built_with(name) != (card.embed_dim, card.model, card.fingerprint):
-                dim, model, fingerprint = self._built_with(name)
+            built_with = None if fresh else self.built_with(name)
+            if built_with is not None and built_with != (card.embed_dim, card.model, card.fingerprint):
+                dim, model, fingerprint = built_with
                 if not rebuild_mismatched:
                     self.check(CollectionInfo(name, self.backend, -1, dim, model, fingerprint), card)
                 print(f"collection {name} holds vectors of CLIP {model} [{fingerprint}]; rebuilding it")
@@ -162,13 +175,13 @@ class VectorStore(ABC):
             revision = Revision(self._begin(name, card, fresh), changed=fresh)
             try:
                 yield revision
+                if revision.changed:
+                    self.finish(revision.name)
+                    self._publish(name, revision.name)
             except BaseException:
                 self._discard(revision.name)
                 raise
-            if revision.changed:
-                self.finish(revision.name)
-                self._publish(name, revision.name)
-            else:
+            if not revision.changed:
                 self._discard(revision.name)
 
     def _lock(self, name: str) -> AbstractContextManager[None]:

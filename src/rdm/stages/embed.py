@@ -20,7 +20,7 @@ from rdm.embedding import model as clip_model
 from rdm.embedding.encode import encode_paths
 from rdm.embedding.vectors import VectorChunks
 from rdm.files import write_json
-from rdm.retrieval.store import D_TRAIN, VectorStore, open_store, style_collection
+from rdm.retrieval.store import D_TRAIN, VectorStore, ids_digest, open_store, style_collection
 
 SPLITS = ("train", "d_train", "styles")
 
@@ -67,6 +67,12 @@ def fill_collection(
     CLIP is refused before anything is written, or, with `rebuild_mismatched`, built again.
     """
     wanted = set(rows["id"])
+    if (
+        store.exists(name)
+        and store.built_with(name) == (card.embed_dim, card.model, card.fingerprint)
+        and store.published_digest(name) == ids_digest(wanted)
+    ):
+        return {"points": len(wanted), "added": 0, "removed": 0}  # up to date: no copy, no version
     with store.revision(name, card, rebuild_mismatched) as draft:
         stored = store.ids(draft.name)
         new = rows[~rows["id"].isin(stored)]
@@ -110,6 +116,12 @@ def run(
             )
             for name, (rows, split_chunks) in collections.items()
         }
+        # a style gone from its source: its collection goes too, or samplers would keep drawing it
+        for name in store.list_collections():
+            if name.startswith(style_collection("")) and name not in collections:
+                removed = len(store.ids(name))
+                store.drop(name)
+                report["collections"][name] = {"points": 0, "added": 0, "removed": removed}
     # The metrics file holds only what the inputs determine (not what this particular run had to do).
     write_json(
         Path(params.metrics),

@@ -37,7 +37,9 @@ def read_samples(folder: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def run(config: Config, progress: bool = True) -> dict[str, Any]:
+def run(config: Config, progress: bool = True, run_name: str | None = None) -> dict[str, Any]:
+    """Score the samples in `sample.out`; log to the model's training run, or with `run_name`, to a
+    new run of that name tagged with the model (a batch of the sample-styles flow)."""
     params = config.evaluate
     started = time.perf_counter()
     clip = clip_model.load(Path(config.clip.out), params.device)
@@ -82,9 +84,10 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     if config.tracking.enabled:
         from rdm.tracking.runs import log_results
 
+        model = records[0]["model"]
         run_id = log_results(
             config.tracking,
-            records[0]["model"].get("run_id"),
+            None if run_name else model.get("run_id"),
             {f"eval/{key}": value for key, value in flatten(metrics).items() if value is not None},
             {
                 "evaluation": [
@@ -95,7 +98,8 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
                 ],
                 "evaluation/grids": sorted(out.glob("grid-*.png")),
             },
-            run_name="evaluate",
+            run_name=run_name or "evaluate",
+            tags={f"model.{key}": str(value) for key, value in model.items()} if run_name else None,
         )
         print(f"evaluate: logged to MLflow run {run_id}")
     return metrics

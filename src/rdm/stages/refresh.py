@@ -19,6 +19,7 @@ import pandas as pd
 
 from rdm.config import Config
 from rdm.data.manifest import read_manifest
+from rdm.data.s3 import is_s3_uri
 from rdm.files import exclusive, write_json
 from rdm.retrieval.store import style_collection
 from rdm.stages import embed, prepare
@@ -36,7 +37,8 @@ def _sources_by_style(manifest: Path) -> dict[str, dict[str, str]]:
 
 
 def _rejected_by_style(rejected: Path, styles_source: str) -> dict[str, int]:
-    root = styles_source.rstrip("/") + "/"
+    # locations as the source lists them: s3://bucket/prefix/..., or the folder's normalised path
+    root = (styles_source.rstrip("/") if is_s3_uri(styles_source) else str(Path(styles_source))) + "/"
     counts: dict[str, int] = {}
     if not rejected.is_file():
         return counts
@@ -71,7 +73,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
             config.embed, config.store, Path(config.clip.out), Path(config.prepare.out), progress
         )
         after = _sources_by_style(manifest)
-    rejected = _rejected_by_style(Path(config.prepare.rejected), config.prepare.sources.styles)
+        rejected = _rejected_by_style(Path(config.prepare.rejected), config.prepare.sources.styles)
     styles: dict[str, dict[str, int]] = {}
     for style in sorted(set(before) | set(after) | set(rejected)):
         collection = embedded["collections"].get(style_collection(style), {"points": 0})

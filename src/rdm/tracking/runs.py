@@ -152,6 +152,7 @@ def log_results(
     metrics: dict[str, float],
     artifacts: dict[str, list[Path]],
     run_name: str,
+    tags: dict[str, str] | None = None,
 ) -> str:
     """Log metrics and files (by artifact folder) to the run `run_id`, the training run of the model
     they describe, or to a new run `run_name` when that run is unknown here. Returns the run id."""
@@ -173,7 +174,7 @@ def log_results(
         experiment_id = (
             experiment.experiment_id if experiment else client.create_experiment(params.experiment)
         )
-        run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
+        run_id = client.create_run(experiment_id, run_name=run_name, tags=tags or {}).info.run_id
         created = True
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()])
