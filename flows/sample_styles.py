@@ -12,7 +12,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from flows.tasks import config, project
+from flows.tasks import config, project, retry_if_transient
 from rdm.config import Config
 from rdm.evaluation.report import format_table
 from rdm.stages import evaluate, sample
@@ -34,12 +34,15 @@ def batch_config(model: str, per_style: int | None, out: str) -> Config:
     )
 
 
-@task
+RETRIES = {"retries": 2, "retry_delay_seconds": 30, "retry_condition_fn": retry_if_transient}
+
+
+@task(**RETRIES)
 def draw(cfg: Config, prompts: list[str] | None, styles: list[str] | None) -> dict[str, Any]:
     return sample.run(cfg, progress=False, model=cfg.sample.model, prompts=prompts, styles=styles)
 
 
-@task
+@task(**RETRIES)
 def score(cfg: Config, run_name: str) -> dict[str, Any]:
     """The style evaluation, in an MLflow run of its own (the model's training run keeps the
     evaluation of the `evaluate` stage)."""
