@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -169,13 +171,32 @@ def messy_files() -> dict[str, tuple[bytes, str | None]]:
     }
 
 
+def run_ok(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 900) -> str:
+    """Run a command as a user would; fail the test with its output unless it succeeds."""
+    done = subprocess.run(
+        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return done.stdout + done.stderr
+
+
+def dvc_env(tmp_path: Path) -> dict[str, str]:
+    """The environment for git and DVC in a test project: this Python's tools, no analytics, DVC's
+    site cache and a git identity in the test's folder."""
+    return rdm_env() | {
+        "DVC_NO_ANALYTICS": "1",
+        "DVC_SITE_CACHE_DIR": str(tmp_path / "dvc-site"),
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.org",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.org",
+    }
+
+
 def clone_project(tmp_path: Path, **changes: dict) -> tuple[Path, dict[str, str]]:
     """The working tree as git sees it (tracked and unignored files) in a fresh git repository under
     `tmp_path/repo`, with params shrunk by TINY plus `changes` and the DVC remote in `tmp_path/remote`;
     returns the folder and the environment to run its tools in."""
-    import shutil
-    import subprocess
-
     repo = tmp_path / "repo"
     listed = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"],
@@ -190,14 +211,7 @@ def clone_project(tmp_path: Path, **changes: dict) -> tuple[Path, dict[str, str]
             shutil.copy2(REPO_ROOT / rel, repo / rel)
     params = deep_update(deep_update(yaml.safe_load((repo / "params.yaml").read_text()), TINY), changes)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = rdm_env() | {
-        "DVC_NO_ANALYTICS": "1",
-        "DVC_SITE_CACHE_DIR": str(tmp_path / "dvc-site"),
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@example.org",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@example.org",
-    }
+    env = dvc_env(tmp_path)
     for args in (
         ["git", "init", "-q"],
         ["git", "add", "-A"],

@@ -2,7 +2,6 @@
 what a param change touches, and round-trips through the default (local directory) remote."""
 
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -10,17 +9,11 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tests.support import TINY, clone_project
+from tests.support import TINY, clone_project, run_ok
 
 TINY_GENERATE = TINY["generate"]
 
 pytestmark = pytest.mark.slow
-
-
-def run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout + done.stderr
 
 
 @pytest.fixture
@@ -30,7 +23,7 @@ def clone(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 
 def test_repro_skips_when_unchanged_and_round_trips_the_remote(clone: tuple[Path, dict[str, str]]) -> None:
     repo, env = clone
-    first = run(["dvc", "repro"], repo, env)
+    first = run_ok(["dvc", "repro"], repo, env)
     assert "Running stage 'generate'" in first and "Running stage 'prepare'" in first
     manifest = repo / "data" / "prepared" / "train.parquet"
     assert manifest.is_file()
@@ -44,11 +37,11 @@ def test_repro_skips_when_unchanged_and_round_trips_the_remote(clone: tuple[Path
     (mlflow_run,) = client.search_runs([client.get_experiment_by_name("rdm").experiment_id])
     assert "eval/classifier.holdout_top1" in mlflow_run.data.metrics  # the evaluation joined the training run
     assert mlflow_run.data.tags["data.neighbors.md5"] == neighbors_md5
-    head = run(["git", "rev-parse", "HEAD"], repo, env).strip()
+    head = run_ok(["git", "rev-parse", "HEAD"], repo, env).strip()
     assert mlflow_run.data.tags["mlflow.source.git.commit"] == head
 
     started = time.perf_counter()
-    again = run(["dvc", "repro"], repo, env)
+    again = run_ok(["dvc", "repro"], repo, env)
     elapsed = time.perf_counter() - started
     assert "Stage 'generate' didn't change, skipping" in again
     assert "Stage 'prepare' didn't change, skipping" in again
@@ -57,14 +50,14 @@ def test_repro_skips_when_unchanged_and_round_trips_the_remote(clone: tuple[Path
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["prepare"]["min_side"] = 16
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    changed = run(["dvc", "repro"], repo, env)
+    changed = run_ok(["dvc", "repro"], repo, env)
     assert "Running stage 'prepare'" in changed and "Running stage 'generate'" not in changed
 
     before = manifest.read_bytes()
-    run(["dvc", "push"], repo, env)
+    run_ok(["dvc", "push"], repo, env)
     for generated in ("data/raw", "data/prepared", ".dvc/cache"):
         shutil.rmtree(repo / generated)
-    run(["dvc", "pull"], repo, env)
+    run_ok(["dvc", "pull"], repo, env)
     assert manifest.read_bytes() == before
     assert (
         len(list((repo / "data" / "raw" / "train" / "images").glob("*.png"))) == TINY_GENERATE["train_images"]

@@ -2,14 +2,14 @@
 S3 remote on moto's server (endpoint from `.dvc/config.local`, or from AWS_ENDPOINT_URL alone): the
 remote holds one object per file plus the `.dir` manifest, and the pulled bytes equal the originals."""
 
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import boto3
 import pytest
+
+from tests.support import dvc_env, run_ok
 
 pytestmark = pytest.mark.slow
 
@@ -23,36 +23,24 @@ FILES = {
 }
 
 
-def run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout + done.stderr
-
-
 @pytest.fixture
 def project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     """A fresh git + DVC project with `data/` (FILES) added to DVC."""
     repo = tmp_path / "repo"
     repo.mkdir()
-    env = os.environ | {
-        "DVC_NO_ANALYTICS": "1",
-        "DVC_SITE_CACHE_DIR": str(tmp_path / "dvc-site"),
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@example.org",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@example.org",
+    env = dvc_env(tmp_path) | {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
     for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
         env.pop(name, None)
-    run(["git", "init", "-q"], repo, env)
-    run([DVC, "init", "-q"], repo, env)
+    run_ok(["git", "init", "-q"], repo, env)
+    run_ok([DVC, "init", "-q"], repo, env)
     for rel, data in FILES.items():
         (repo / "data" / rel).parent.mkdir(parents=True, exist_ok=True)
         (repo / "data" / rel).write_bytes(data)
-    run([DVC, "add", "data"], repo, env)
+    run_ok([DVC, "add", "data"], repo, env)
     return repo, env
 
 
@@ -81,27 +69,27 @@ def test_push_then_pull_restores_identical_bytes(
     repo, env = project
     if kind == "local":
         store: Path | str = tmp_path / "store"
-        run([DVC, "remote", "add", "store", str(store)], repo, env)
+        run_ok([DVC, "remote", "add", "store", str(store)], repo, env)
     else:
         endpoint = store = request.getfixturevalue("s3_endpoint")
         s3_client(endpoint).create_bucket(Bucket=BUCKET)
-        run([DVC, "remote", "add", "store", f"s3://{BUCKET}/store"], repo, env)
+        run_ok([DVC, "remote", "add", "store", f"s3://{BUCKET}/store"], repo, env)
         if kind == "s3-config-local":
-            run([DVC, "remote", "modify", "--local", "store", "endpointurl", endpoint], repo, env)
+            run_ok([DVC, "remote", "modify", "--local", "store", "endpointurl", endpoint], repo, env)
             assert endpoint in (repo / ".dvc" / "config.local").read_text()
             assert endpoint not in (repo / ".dvc" / "config").read_text()
-            run(["git", "check-ignore", "-q", ".dvc/config.local"], repo, env)
+            run_ok(["git", "check-ignore", "-q", ".dvc/config.local"], repo, env)
         else:
             env = env | {"AWS_ENDPOINT_URL": endpoint}  # nothing in the config names the endpoint
 
     assert stored_objects(store) == []
-    run([DVC, "push", "-r", "store"], repo, env)
+    run_ok([DVC, "push", "-r", "store"], repo, env)
     objects = stored_objects(store)
     assert len(objects) == len(FILES) + 1, objects  # one per file plus the .dir manifest
     assert sum(o.endswith(".dir") for o in objects) == 1
 
     shutil.rmtree(repo / "data")
     shutil.rmtree(repo / ".dvc" / "cache")
-    run([DVC, "pull", "-r", "store"], repo, env)
+    run_ok([DVC, "pull", "-r", "store"], repo, env)
     data = repo / "data"
     assert {p.relative_to(data).as_posix(): p.read_bytes() for p in data.rglob("*") if p.is_file()} == FILES

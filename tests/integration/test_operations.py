@@ -8,7 +8,6 @@ Chromium (screenshots in test-output/screenshots/)."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -18,17 +17,9 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.browser import rendered_text, screenshot
-from tests.support import clone_project, free_port
+from tests.support import clone_project, free_port, run_ok
 
 pytestmark = pytest.mark.slow
-
-
-def run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 900) -> str:
-    done = subprocess.run(
-        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
-    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    return done.stdout + done.stderr
 
 
 class Services:
@@ -41,7 +32,7 @@ class Services:
         if parameters:
             args += ["--params", json.dumps(parameters)]
         started = time.perf_counter()
-        out = run(args, self.repo, self.env)
+        out = run_ok(args, self.repo, self.env)
         assert "Flow run finished successfully in 'Completed'" in out, out[-3000:]
         return time.perf_counter() - started
 
@@ -63,11 +54,11 @@ def services(tmp_path: Path) -> Iterator[Services]:
     # the "user's" Prefect profile, which `services start` points at its server
     env = env | {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
-    run(["rdm", "services", "start"], repo, env, timeout=600)
+    run_ok(["rdm", "services", "start"], repo, env, timeout=600)
     try:
         yield Services(repo, env, f"http://127.0.0.1:{prefect_port}", f"http://127.0.0.1:{mlflow_port}")
     finally:
-        run(["rdm", "services", "stop"], repo, env)
+        run_ok(["rdm", "services", "stop"], repo, env)
     for port in (prefect_port, mlflow_port):
         with pytest.raises(OSError):  # nothing listens any more
             urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=3)
