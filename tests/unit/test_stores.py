@@ -227,3 +227,16 @@ def test_edge_revision_never_opens_the_version_a_reader_holds(tmp_path: Path) ->
             writer.upsert(revision.name, ids[6:], vectors[6:], payloads[6:])
             revision.changed = True
         assert reader.ids("style-neon") == set(ids)  # the reader moves to the new version
+
+
+def test_edge_replaces_an_unversioned_collection_of_an_earlier_release(tmp_path: Path) -> None:
+    root = tmp_path / "qdrant"
+    (root / "d_train" / "shard").mkdir(parents=True)  # the layout before versions: no CURRENT
+    (root / "d_train" / "collection.json").write_text("{}")
+    ids, vectors, payloads = points(4)
+    with open_store(StoreParams(backend="edge", path=str(root))) as store:
+        assert store.list_collections() == []
+        with store.revision("d_train", CARD) as revision:
+            store.upsert(revision.name, ids, vectors, payloads)
+        assert store.ids("d_train") == set(ids)
+    assert sorted(p.name for p in (root / "d_train").iterdir()) == ["CURRENT", "v000001"]

@@ -111,9 +111,6 @@ class EdgeStore(VectorStore):
 
     def _create(self, name: str, dim: int, card: ClipCard) -> None:
         self._publish(name, self._begin(name, card, fresh=True))
-        # an unversioned collection of an earlier release, which no reader can see any more
-        shutil.rmtree(self.root / name / "shard", ignore_errors=True)
-        (self.root / name / META).unlink(missing_ok=True)
 
     def _new_version(self, name: str) -> str:
         versions = [int(p.name[1:]) for p in (self.root / name).glob("v[0-9]*") if p.name[1:].isdigit()]
@@ -170,6 +167,9 @@ class EdgeStore(VectorStore):
             if version.is_dir() and version.name not in (folder.name, previous):
                 self._close_folder(version)
                 shutil.rmtree(version, ignore_errors=True)
+        # an unversioned collection of an earlier release, which no reader can see any more
+        shutil.rmtree(self.root / name / "shard", ignore_errors=True)
+        (self.root / name / META).unlink(missing_ok=True)
 
     def published_digest(self, name: str) -> str | None:
         digest = self._meta(name).get("ids_sha256")
