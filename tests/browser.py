@@ -3,25 +3,17 @@ saved with the test output, and the rendered page's DOM to assert on."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
-from tests.support import REPO_ROOT
+from tests.support import REPO_ROOT, debian_tool
 
 SCREENSHOTS = REPO_ROOT / "test-output" / "screenshots"
 """Where the UI screenshots are kept after the run (git-ignored)."""
 
 
 def chromium() -> str:
-    """The chromium binary, installed with apt on first use (the test set-up of a fresh machine)."""
-    found = shutil.which("chromium")
-    if found is None:
-        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], capture_output=True, check=False)
-        found = shutil.which("chromium")
-    if found is None:
-        raise RuntimeError("chromium is not installed and `apt-get install -y chromium` failed; install it")
-    return found
+    return debian_tool("chromium", "chromium")
 
 
 def _headless(url: str, *extra: str, width: int, height: int) -> subprocess.CompletedProcess[str]:

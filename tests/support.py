@@ -171,6 +171,23 @@ def messy_files() -> dict[str, tuple[bytes, str | None]]:
     }
 
 
+def debian_tool(binary: str, package: str) -> str:
+    """The path of `binary`, installed from Debian's `package` with apt on first use (the test set-up
+    of a fresh machine); fails the test, naming the package, when that is impossible."""
+    found = shutil.which(binary)
+    if found is None:
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", package],
+            capture_output=True,
+            check=False,
+            env=os.environ | {"DEBIAN_FRONTEND": "noninteractive"},
+        )
+        found = shutil.which(binary)
+    if found is None:
+        raise RuntimeError(f"{binary} is not installed and `apt-get install -y {package}` failed; install it")
+    return found
+
+
 def run_ok(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 900) -> str:
     """Run a command as a user would; fail the test with its output unless it succeeds."""
     done = subprocess.run(
