@@ -33,13 +33,13 @@ import numpy as np
 import torch
 
 from rdm.config import AutoencoderParams, StoreParams, UNetParams, load_config
+from rdm.diffusion.schedule import noise_schedule
 from rdm.embedding.model import Clip, ClipCard, create
 from rdm.models import autoencoder, unet
 from rdm.models.package import ModelCard, RetrievalDiffusionModel
 from rdm.retrieval.search import Retriever
 from rdm.retrieval.store import open_store
 from rdm.sampling.context import ContextBuilder
-from rdm.sampling.denoise import noise_schedule
 
 PAPER = {
     "unet": UNetParams(

@@ -32,8 +32,8 @@ from lightning.fabric.utilities.throughput import get_available_flops, measure_f
 
 from rdm.config import Config, TrainParams, UNetParams, load_config
 from rdm.data.training import RetrievalDataModule, TrainingTensors
+from rdm.diffusion.context import neighbor_context
 from rdm.models.diffusion import RetrievalDiffusion
-from rdm.sampling.context import build_context
 from rdm.stages.train import trainer_for
 
 PAPER = {
@@ -63,11 +63,8 @@ class StepTimer(L.Callback):
 
 
 def synthetic(n: int, latent_shape: tuple[int, int, int], k: int, dim: int) -> TrainingTensors:
-    mean = torch.randn((n, *latent_shape))
-    std = torch.full_like(mean, 0.1)
-    return TrainingTensors(
-        [str(i) for i in range(n)], mean, std, mean.flip(-1), std, torch.randn(n, dim), torch.randn(n, k, dim)
-    )
+    latent = torch.randn((n, *latent_shape))
+    return TrainingTensors([str(i) for i in range(n)], latent, latent.flip(-1), torch.randn(n, k, dim))
 
 
 def one_round(
@@ -187,7 +184,7 @@ def flops_per_batch(
         )
         x = torch.randn(batch, *latent_shape)
         t = torch.zeros(batch, dtype=torch.long)
-        context = build_context(torch.randn(batch, dim), torch.randn(batch, k, dim))
+        context = neighbor_context(torch.randn(batch, k, dim))
     return int(
         measure_flops(
             meta.unet, lambda: meta.unet(x, t, encoder_hidden_states=context).sample, torch.Tensor.sum

@@ -36,8 +36,8 @@ TINY = {
         "block_out_channels": [8, 16, 16],
         "steps": 20,
         "batch_size": 8,
-        "scale_batches": 2,
     },
+    "neighbors": {"k": 4, "duplicate_threshold": 0.999},
     "train": {
         "unet": {"block_out_channels": [32, 32], "cross_attention": [False, True]},
         "batch_size": 8,
@@ -48,8 +48,10 @@ TINY = {
         "sample_steps": 2,
         "log_every_n_steps": 2,
         "warmup_steps": 2,
+        "k": 4,
+        "k_min": 2,
     },
-    "sample": {"per_style": 3, "k": 5, "steps": 4, "batch_size": 16},
+    "sample": {"per_style": 3, "floor_per_style": 2, "k": 5, "steps": 4, "batch_size": 16},
     "evaluate": {"classifier": {"epochs": 200}},
 }
 """The project's params shrunk to a few dozen images and a few training steps (tests and CI)."""

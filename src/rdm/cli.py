@@ -34,9 +34,11 @@ def _clip(config: Config, args: argparse.Namespace) -> None:
 
 
 def _embed(config: Config, args: argparse.Namespace) -> None:
+    from rdm.evaluation.split import classifier_share
     from rdm.stages import embed
 
-    embed.run(config.embed, config.store, Path(config.clip.out), Path(config.prepare.out))
+    keep_out = classifier_share(config)
+    embed.run(config.embed, config.store, Path(config.clip.out), Path(config.prepare.out), keep_out=keep_out)
 
 
 def _neighbors(config: Config, args: argparse.Namespace) -> None:
@@ -97,54 +99,88 @@ def _report(config: Config, args: argparse.Namespace) -> None:
     table, metrics = Path(config.evaluate.plots) / "style_accuracy.csv", Path(config.evaluate.metrics)
     if not table.is_file() or not metrics.is_file():
         raise UserError(f"{table}: no evaluation yet; run `dvc repro evaluate` (or `rdm evaluate`)")
-    classifier = json.loads(metrics.read_text())["classifier"]
-    print(
-        f"style classifier: top-1 {classifier['holdout_top1']:.1%} on {classifier['holdout_images']} "
-        f"held-out collection images (chance {classifier['chance']:.1%})"
-    )
-    print(format_table(pd.read_csv(table)))
+    report = json.loads(metrics.read_text())
+    classifier = report.get("classifier", {})
+    if "holdout_top1" in classifier:
+        print(
+            f"style classifier: top-1 {classifier['holdout_top1']:.1%} on {classifier['holdout_images']} "
+            f"held-out images of its share of the collections (chance {classifier['chance']:.1%})"
+        )
+    print(format_table(pd.read_csv(table), report))
 
 
 def _sample(config: Config, args: argparse.Namespace) -> None:
     """Draw prompts x styles x seeds with a trained model, by retrieval from each style's collection
-    (or, with --postfix, by the prompt plus "in the style of <style>" retrieved from D_train)."""
+    (or, with --postfix, by the prompt plus "in the style of <style>" retrieved from D_train); with
+    --unconditional, from pseudo-queries (the RDM repo's top-m) and their neighbours in D_train or in
+    each --style's collection."""
     from pydantic import ValidationError
 
     from rdm.config import ConfigError, SampleParams
     from rdm.sampling.batch import POSTFIX, RETRIEVAL, Request, on_style_share, open_sampler
     from rdm.sampling.grid import write_grids
     from rdm.sampling.source import open_model
+    from rdm.sampling.unconditional import (
+        most_retrieved,
+        pseudo_queries,
+        retrieval_counts,
+        unconditional_requests,
+    )
 
-    if args.image and args.postfix:
-        raise UserError("--postfix writes the style into a text prompt; use it with --prompt, not --image")
-    chosen = {"k": args.k, "steps": args.steps, "guidance_scale": args.scale, "sampler": args.sampler}
+    if args.postfix and not args.prompt:
+        raise UserError("--postfix writes the style into a text prompt; use it with --prompt")
+    if args.top_m is not None and not args.unconditional:
+        raise UserError("--top-m chooses pseudo-queries; use it with --unconditional")
+    if not args.style and not args.unconditional:
+        raise UserError("--style: name a style collection (repeat for several; see `rdm collections`)")
+    styles: list[str] = args.style or []
+    chosen = {
+        "k": args.k,
+        "steps": args.steps,
+        "guidance_scale": args.scale,
+        "sampler": args.sampler,
+        "top_m": args.top_m,
+    }
     try:  # the options pass the same checks as params.yaml's sample section
         params = SampleParams.model_validate(
             config.sample.model_dump() | {k: v for k, v in chosen.items() if v is not None}
         )
     except ValidationError as exc:
         flags = {"guidance_scale": "--scale", "k": "-k", "steps": "--steps", "sampler": "--sampler"}
+        flags |= {"top_m": "--top-m"}
         problems = [f"{flags.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']}" for e in exc.errors()]
         raise ConfigError("rdm sample: " + "; ".join(problems)) from None
     config = config.model_copy(update={"sample": params})
-    method = POSTFIX if args.postfix else RETRIEVAL
-    queries = [str(args.image)] if args.image else args.prompt
-    requests = [
-        Request(query, style, method, args.seed + i, image=str(args.image) if args.image else None)
-        for query in queries
-        for style in args.style
-        for i in range(args.n)
-    ]
+    if args.unconditional:
+        counts = retrieval_counts(Path(config.neighbors.out))
+        query_ids = pseudo_queries(counts, params.top_m, args.n, args.seed)
+        requests = unconditional_requests(query_ids, styles, args.seed)
+        rows = args.n
+    else:
+        method = POSTFIX if args.postfix else RETRIEVAL
+        queries = [str(args.image)] if args.image else args.prompt
+        requests = [
+            Request(query, style, method, args.seed + i, image=str(args.image) if args.image else None)
+            for query in queries
+            for style in styles
+            for i in range(args.n)
+        ]
+        rows = len(queries) * args.n
     model, info = open_model(args.model or params.model, config, params.device)
     if args.compile or params.compile:
         model.compile()
     out = Path(args.out)
     with open_sampler(config, model, info, params.k) as sampler:
-        sampler.check_styles(args.style)
+        sampler.check_styles(styles)
         records = sampler.draw(requests, out)
-    grids = write_grids(records, out, max_rows=len(queries) * args.n)
+    grids = write_grids(records, out, max_rows=rows)
     print(f"{len(records)} images from {info['uri']} (version {info['version']}, {info['steps']} steps)")
-    for style in args.style:
+    if args.unconditional:
+        print(
+            f"  {len(set(query_ids))} pseudo-queries from the {len(most_retrieved(counts, params.top_m))} "
+            f"most retrieved of {len(counts)} D_train images (top {params.top_m:.1%})"
+        )
+    for style in styles:
         mine = [r for r in records if r["style"] == style]
         neighbors = [n for r in mine for n in r["neighbors"]]
         share = on_style_share(neighbors, style)
@@ -269,13 +305,30 @@ def build_parser() -> argparse.ArgumentParser:
     query = smp.add_mutually_exclusive_group(required=True)
     query.add_argument("--prompt", action="append", help="a text prompt (repeat for several)")
     query.add_argument("--image", type=Path, help="an image file as the query instead of a prompt")
+    query.add_argument(
+        "--unconditional",
+        action="store_true",
+        help="no prompt: pseudo-queries, D_train images drawn from the most retrieved (--top-m)",
+    )
     smp.add_argument(
-        "--style", action="append", required=True, help="a style collection (repeat for several)"
+        "--style",
+        action="append",
+        help="a style collection (repeat for several; with --unconditional optional, default D_train)",
     )
     smp.add_argument(
         "--postfix", action="store_true", help='baseline: prompt + "in the style of <style>" on D_train'
     )
-    smp.add_argument("-n", type=_positive, default=4, help="images per prompt and style (seeds seed..+n-1)")
+    smp.add_argument(
+        "-n",
+        type=_positive,
+        default=4,
+        help="images per prompt (or, --unconditional, pseudo-queries) and style (seeds seed..+n-1)",
+    )
+    smp.add_argument(
+        "--top-m",
+        type=float,
+        help="--unconditional: the most retrieved share of D_train to draw from (default sample.top_m: 0.01)",
+    )
     smp.add_argument("-k", type=int, help="neighbours retrieved (default sample.k: 19)")
     smp.add_argument("--steps", type=int, help="sampler steps (default sample.steps: 50)")
     smp.add_argument(

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from rdm.data.demo.styles import STYLE_NAMES
+from rdm.data.demo.styles import GENERAL_RENDERINGS, STYLE_NAMES
 from rdm.errors import UserError
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -32,36 +32,50 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class GenerateParams(Section):
-    """The built-in demo dataset: small captioned artworks in distinct styles."""
+    """The built-in demo dataset, a miniature of the paper's setting: training images and a general
+    D_train (mostly ordinary renderings, each seen style a few percent), specialised style collections
+    large enough to match a prompt's content and colour, and styles held out of everything but their
+    own collection."""
 
     seed: int = 0
     image_size: Annotated[int, Field(ge=16, le=1024)] = 64
-    train_images: PositiveInt = 1000
-    d_train_images: PositiveInt = 1000
-    style_images: PositiveInt = 120
+    train_images: PositiveInt = 2000
+    d_train_images: PositiveInt = 3000
+    style_images: PositiveInt = 300
     """Images in each style's collection."""
     eval_prompts: PositiveInt = 24
-    styles: list[str] = Field(default_factory=lambda: [s for s in STYLE_NAMES if s != "plain"])
-    held_out_styles: list[str] = Field(default_factory=lambda: ["ukiyo_e"])
+    styles: list[str] = Field(default_factory=lambda: [s for s in STYLE_NAMES if s not in GENERAL_RENDERINGS])
+    """The style collections, evaluated one by one."""
+    held_out_styles: list[str] = Field(default_factory=lambda: ["pixel_art", "ukiyo_e"])
     """Styles that appear only in their own collection: never in training images, D_train or captions."""
-    plain_fraction: Fraction = 0.15
-    """Share of training and D_train images drawn in the plain style."""
+    general: list[str] = Field(default_factory=lambda: list(GENERAL_RENDERINGS))
+    """Ordinary renderings that make up the rest of the training images and D_train."""
+    style_fraction: Annotated[float, Field(ge=0.0, le=0.25)] = 0.05
+    """Share of the training images and of D_train drawn in each seen style."""
     style_caption_fraction: Fraction = 0.5
-    """Share of captions that name the style, so a CLIP trained on them learns style words."""
+    """Share of styled captions that name the style, so a CLIP trained on them learns style words."""
     out: str = "data/raw"
 
     @model_validator(mode="after")
     def _known_styles(self) -> GenerateParams:
-        unknown = [s for s in [*self.styles, *self.held_out_styles] if s not in STYLE_NAMES]
+        unknown = [s for s in [*self.styles, *self.held_out_styles, *self.general] if s not in STYLE_NAMES]
         if unknown:
             raise ValueError(f"unknown style(s) {unknown}; known styles: {list(STYLE_NAMES)}")
-        if "plain" in self.styles:
-            raise ValueError("'plain' is the unstyled rendering, not a style collection; remove it")
+        if not self.general:
+            raise ValueError("general needs at least one ordinary rendering (e.g. plain)")
+        both = sorted(set(self.styles) & set(self.general))
+        if both:
+            raise ValueError(f"{both} are general renderings, not style collections: remove them from styles")
         missing = [s for s in self.held_out_styles if s not in self.styles]
         if missing:
             raise ValueError(f"held_out_styles {missing} must also be listed in styles")
-        if len(self.held_out_styles) >= len(self.styles):
+        seen = len(self.styles) - len(self.held_out_styles)
+        if seen < 1:
             raise ValueError("at least one style must be left for training (held_out_styles holds them all)")
+        if seen * self.style_fraction > 0.9:
+            raise ValueError(
+                f"style_fraction {self.style_fraction} x {seen} seen styles leaves almost no general images"
+            )
         return self
 
 
@@ -181,6 +195,8 @@ class AutoencoderParams(Section):
     """A local diffusers AutoencoderKL folder (config.json + weights); null trains one."""
     out: str = "models/autoencoder"
     metrics: str = "reports/autoencoder.json"
+    reconstructions: str = "reports/autoencoder"
+    """Reconstructions of style-collection images (PNGs + reconstructions.jsonl): the evaluation's ceiling."""
     latents: str | None = "data/latents/train.npz"
     """Where the training images' latents are cached (both flips); null encodes on the fly in training."""
     image_size: Annotated[int, Field(ge=16, le=1024)] = 64
@@ -189,13 +205,15 @@ class AutoencoderParams(Section):
     """Channels per level when training; three levels give a 4x smaller latent (the reference's f=4)."""
     layers_per_block: PositiveInt = 1
     latent_channels: PositiveInt = 4
-    steps: PositiveInt = 500
+    steps: PositiveInt = 1500
     batch_size: PositiveInt = 16
-    lr: Annotated[float, Field(gt=0.0)] = 3e-3
+    lr: Annotated[float, Field(gt=0.0)] = 1e-3
     kl_weight: Annotated[float, Field(ge=0.0)] = 1e-6
     """Weight of the KL term against the L1 reconstruction loss (the reference's 1e-6)."""
-    scale_batches: PositiveInt = 8
-    """Batches of training latents whose std sets the latent scale factor (1/std: LDM's scale_by_std)."""
+    gradient_weight: Annotated[float, Field(ge=0.0)] = 1.0
+    """Weight of the L1 on image gradients: keeps edges and strokes."""
+    fft_weight: Annotated[float, Field(ge=0.0)] = 0.0
+    """Weight of the L1 on Fourier magnitudes: keeps textures whose phase varies (dots, hatching)."""
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -222,6 +240,10 @@ class UNetParams(Section):
     head_channels: PositiveInt = 32
     """Channels per attention head (the reference's num_head_channels)."""
     norm_groups: PositiveInt = 32
+    pooled_context: bool = False
+    """Also add an attention-pooled summary of the context to the timestep embedding, so every ResNet
+    block (levels without cross-attention too) is steered by it (diffusers' `addition_embed_type:
+    text`). Not in the reference, whose UNet reads the context by cross-attention alone."""
 
     @model_validator(mode="after")
     def _one_flag_per_level(self) -> UNetParams:
@@ -243,8 +265,12 @@ class TrainParams(Section):
     """Training the retrieval-conditioned diffusion model with Lightning."""
 
     unet: UNetParams = UNetParams()
-    k: Annotated[int, Field(ge=0, le=64)] = 4
-    """Neighbours in the training context (the reference: 4); at most neighbors.k."""
+    k: Annotated[int, Field(ge=1, le=64)] = 4
+    """Neighbours in the training context, the nearest first (the reference: 4 and 8); at most
+    neighbors.k. The context is these neighbours alone, never the image's own embedding."""
+    k_min: Annotated[int, Field(ge=1, le=64)] | None = None
+    """With a value, each batch draws its k uniformly from [k_min, k], so the model meets the range of k
+    it is sampled with (sample.k); null trains with k alone."""
     p_uncond: Fraction = 0.1
     """Share of examples whose whole context is zeroed, so classifier-free guidance has a trained null."""
     flip: bool = True
@@ -256,6 +282,9 @@ class TrainParams(Section):
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.01
     grad_clip: Annotated[float, Field(gt=0.0)] = 1.0
     ema_decay: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.995
+    min_snr_gamma: Annotated[float, Field(gt=0.0)] | None = None
+    """Min-SNR loss weighting (Hang et al. 2023: weight min(SNR, gamma) / SNR for epsilon); null is the
+    reference's plain L2."""
     val_images: Annotated[int, Field(ge=1)] = 32
     """Training images kept apart for the validation loss and the sample grids."""
     val_every_n_steps: PositiveInt = 250
@@ -287,6 +316,9 @@ class SampleParams(Section):
     `sample` stage always samples `train.out`, the model DVC tracks."""
     k: Annotated[int, Field(ge=0, le=256)] = 19
     """Neighbours retrieved per query (the paper: 19 from the style database); may differ from train.k."""
+    query: Literal["with_neighbors", "neighbors_only", "query_only"] = "with_neighbors"
+    """The context's tokens: the query then its k neighbours (knn2img, the default), the neighbours alone,
+    or the query alone."""
     sampler: Literal["ddim", "dpm"] = "ddim"
     """ddim (eta 0) or dpm (DPM-Solver++, 2nd order multistep, good in about 20 steps)."""
     steps: PositiveInt = 50
@@ -297,6 +329,20 @@ class SampleParams(Section):
     """How a prompt names a style, when not the name with spaces (e.g. ukiyo_e: ukiyo-e)."""
     per_style: Annotated[int, Field(ge=2)] = 70
     """Samples per style and per method in the `sample` stage (the paper: 70); prompts are cycled."""
+    methods: Annotated[list[Literal["retrieval", "postfix", "postfix_text"]], Field(min_length=1)] = [
+        "retrieval",
+        "postfix",
+        "postfix_text",
+    ]
+    """What the `sample` stage draws, `per_style` each: retrieval (the prompt and its k neighbours from
+    the style's collection), postfix (prompt + postfix, neighbours from D_train), postfix_text (prompt +
+    postfix alone, knn2img's text-only mode)."""
+    floor_per_style: Annotated[int, Field(ge=0)] = 20
+    """Samples per style of each floor in the `sample` stage: null (the all-zero context) and other_style
+    (retrieval from the next style's collection); 0 draws none."""
+    top_m: Annotated[float, Field(gt=0.0, le=1.0)] = 0.01
+    """`rdm sample --unconditional`: pseudo-queries are drawn from this share of the D_train images most
+    often retrieved for training images (the RDM repo's top-m; 0.01 gave its best FID)."""
     seed: int = 0
     batch_size: PositiveInt = 32
     grid_rows: PositiveInt = 8
@@ -314,25 +360,38 @@ class SampleParams(Section):
     def _postfix_names_style(self) -> SampleParams:
         if "{style}" not in self.postfix:
             raise ValueError(f"postfix {self.postfix!r} must contain {{style}}, where the style's words go")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"methods {self.methods} lists a method twice")
         return self
 
 
 class ClassifierParams(Section):
-    """The style classifier: a 2-layer perceptron on CLIP image features (the paper's, 77 % on ArtBench)."""
+    """The style classifier: a 2-layer perceptron on CLIP image features (the paper's, 77 % on ArtBench);
+    the content and colour classifiers of the evaluation use the same settings."""
 
     hidden: PositiveInt = 256
     epochs: PositiveInt = 300
     lr: Annotated[float, Field(gt=0.0)] = 1e-3
     weight_decay: Annotated[float, Field(ge=0.0)] = 1e-2
     holdout_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
-    """Share of each style collection kept apart to measure the classifier's top-1."""
+    """Share of the classifier's images kept apart to measure its top-1 (for the style classifier, of
+    its part of each collection, chosen by id with `evaluate.split_seed`)."""
     seed: int = 0
 
 
 class EvaluateParams(Section):
-    """Scoring the `sample` stage's images: style accuracy, target logits, Frechet distance, CLIP score."""
+    """Scoring the `sample` stage's images: style accuracy and target logits with bootstrap intervals,
+    floors and a ceiling, content and colour kept, conditioning sensitivity, Frechet distance, CLIP score."""
 
     classifier: ClassifierParams = ClassifierParams()
+    classifier_share: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.3
+    """Share of every style collection, chosen by a hash of the image id, that trains and checks the style
+    classifier and that retrieval must never return (`rdm.evaluation.split.classifier_ids`)."""
+    split_seed: int = 0
+    """Salt of that hash: another seed, another split."""
+    bootstrap_resamples: Annotated[int, Field(ge=100)] = 1000
+    """Resamples of every 95 % interval (percentile bootstrap, paired for differences)."""
+    bootstrap_seed: int = 0
     metrics: str = "reports/evaluate.json"
     plots: str = "reports/evaluate"
     """Folder for the per-style CSV tables and the PNG charts."""
@@ -413,6 +472,8 @@ class Config(Section):
                 f"generate.image_size ({self.generate.image_size}) is below prepare.min_side "
                 f"({self.prepare.min_side}): every demo image would be rejected as too small"
             )
+        if self.train.k_min is not None and self.train.k_min > self.train.k:
+            raise ValueError(f"train.k_min ({self.train.k_min}) is more than train.k ({self.train.k})")
         if self.train.k > self.neighbors.k:
             raise ValueError(
                 f"train.k ({self.train.k}) is more than neighbors.k ({self.neighbors.k}): "

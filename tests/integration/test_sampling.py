@@ -1,5 +1,6 @@
 """Stylized sampling and the style evaluation on a tiny trained pipeline: the database swap, seeds,
-`rdm sample` from the registered model, and the evaluation report."""
+the baselines and floors, unconditional pseudo-queries, `rdm sample` from the registered model, and
+the evaluation report."""
 
 import contextlib
 import json
@@ -16,7 +17,18 @@ from PIL import Image
 from rdm.config import Config, load_config
 from rdm.evaluation.classifier import fit_classifier
 from rdm.models.package import ModelError, load_model
-from rdm.sampling.batch import METHODS, POSTFIX, RETRIEVAL, Request, open_sampler
+from rdm.sampling.batch import (
+    FLOORS,
+    METHODS,
+    NULL,
+    OTHER_STYLE,
+    POSTFIX,
+    POSTFIX_TEXT,
+    RETRIEVAL,
+    Request,
+    open_sampler,
+    plan,
+)
 from rdm.stages import evaluate, sample
 from tests.support import rdm_env, run_pipeline, tracking_client, work_in, write_params
 
@@ -157,6 +169,54 @@ def test_rdm_sample_draws_from_the_registered_model(trained: tuple[Path, Config]
     assert {n["style"] for n in by_image["neighbors"]} == {"mosaic"}
 
 
+def test_baselines_and_floors_draw_with_the_trained_model(in_trained: Config) -> None:
+    """postfix_text is one token, null is the same image for every style, other_style follows the
+    next style's collection; contexts of 6 and 1 tokens are drawn in batches of their own."""
+    model = load_model(Path(in_trained.train.out), "cpu")
+    requests = plan(["a red star"], ["neon", "mosaic"], METHODS, 2, 0, floor_per_style=1, known=STYLES)
+    with open_sampler(in_trained, model, {"uri": "test"}, k=5) as sampler:
+        records = sampler.draw(requests, Path("floors"), progress=False)
+    assert {(r["style"], r["method"]) for r in records} == {
+        (s, m) for s in ["neon", "mosaic"] for m in (*METHODS, *FLOORS)
+    }
+
+    def one(style: str, method: str) -> dict:
+        return next(r for r in records if (r["style"], r["method"], r["seed"]) == (style, method, 0))
+
+    text = one("neon", POSTFIX_TEXT)
+    assert text["neighbors"] == [] and text["collection"] is None and text["context"] == "query_only"
+    assert {n["style"] for n in one("neon", OTHER_STYLE)["neighbors"]} == {"pixel_art"}  # after neon
+    assert one("mosaic", OTHER_STYLE)["collection"] == "style-neon"
+    null = [np.asarray(Image.open(Path("floors") / one(s, NULL)["file"])) for s in ["neon", "mosaic"]]
+    retrieval = np.asarray(Image.open(Path("floors") / one("neon", RETRIEVAL)["file"]))
+    assert np.array_equal(null[0], null[1]) and not np.array_equal(null[0], retrieval)
+    assert Path("floors/images").is_dir() and len(list(Path("floors/images").iterdir())) == len(records)
+
+
+def test_rdm_sample_unconditional_draws_pseudo_queries_from_the_most_retrieved(
+    in_trained: Config, capsys: pytest.CaptureFixture
+) -> None:
+    from rdm.cli import main
+    from rdm.sampling.unconditional import most_retrieved, retrieval_counts
+
+    args = ["sample", "--unconditional", "--top-m", "0.25", "-n", "3", "-k", "5", "--steps", "2"]
+    assert main([*args, "--model", "models/rdm", "--style", "neon", "--out", "uncond"]) == 0
+    assert "pseudo-queries from the" in capsys.readouterr().out
+    records = [json.loads(line) for line in Path("uncond/samples.jsonl").read_text().splitlines()]
+    top = most_retrieved(retrieval_counts(Path(in_trained.neighbors.out)), 0.25)
+    assert [r["method"] for r in records] == ["unconditional"] * 3
+    assert all(r["query"] == r["query_id"] == r["prompt"] and r["query"] in top for r in records)
+    assert all(r["collection"] == "style-neon" and len(r["neighbors"]) == 5 for r in records)
+    assert {n["style"] for r in records for n in r["neighbors"]} == {"neon"}
+    assert Path("uncond/grid-unconditional.png").is_file()
+
+    assert main([*args, "--model", "models/rdm", "--out", "uncond-d-train"]) == 0  # D_train by default
+    lines = Path("uncond-d-train/samples.jsonl").read_text().splitlines()
+    again = [json.loads(line) for line in lines]
+    assert [r["query"] for r in again] == [r["query"] for r in records]  # the same seed, the same queries
+    assert {r["collection"] for r in again} == {"d_train"} and {r["style"] for r in again} == {None}
+
+
 def test_a_training_checkpoint_samples_with_its_ema_weights(in_trained: Config) -> None:
     from rdm.sampling.source import open_model
 
@@ -186,20 +246,22 @@ def test_the_classifier_beats_chance_on_held_out_style_images(in_trained: Config
     assert fitted.holdout_accuracy >= 3 / len(STYLES), fitted.per_style_accuracy  # chance is 1/7
 
 
-def test_evaluation_reports_every_style_and_both_methods(in_trained: Config) -> None:
+def test_evaluation_reports_every_style_and_method(in_trained: Config) -> None:
+    in_trained = in_trained.model_copy(
+        update={"sample": in_trained.sample.model_copy(update={"floor_per_style": 2})}
+    )
     sample.run(in_trained, progress=False)
     records = [json.loads(line) for line in Path("data/samples/samples.jsonl").read_text().splitlines()]
-    assert len(records) == len(STYLES) * len(METHODS) * 3
+    assert len(records) == len(STYLES) * (len(METHODS) * 3 + len(FLOORS) * 2)
     assert {r["collection"] for r in records if r["method"] == POSTFIX} == {"d_train"}
-    assert (
-        Path("data/samples/grid-retrieval.png").is_file() and Path("data/samples/grid-postfix.png").is_file()
-    )
+    assert all(Path(f"data/samples/grid-{m}.png").is_file() for m in (*METHODS, *FLOORS))
 
     metrics = evaluate.run(in_trained, progress=False)
     table = pd.read_csv("reports/evaluate/styles.csv")
     pairs = sorted(zip(table["style"], table["method"], strict=True))
-    assert pairs == sorted((s, m) for s in STYLES for m in METHODS)
-    assert table.loc[table["held_out"], "style"].unique().tolist() == ["ukiyo_e"]
+    assert pairs == sorted((s, m) for s in STYLES for m in (*METHODS, *FLOORS))
+    held_out = table.loc[table["held_out"], "style"].unique().tolist()
+    assert held_out == sorted(in_trained.generate.held_out_styles)
     assert table["accuracy"].between(0, 1).all() and (table["frechet"] > 0).all()
     assert set(metrics["styles"]) == set(STYLES)
     assert {"retrieval", "postfix", "relative_improvement"} <= set(metrics["held_out_styles"])

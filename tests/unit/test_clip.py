@@ -47,7 +47,7 @@ def test_training_lowers_the_contrastive_loss(tiny_config: Config, prepared: Pat
     images = load_images([prepared / p for p in rows["path"]], clip_model.image_size(model))
     import open_clip
 
-    params = tiny_config.clip.model_copy(update={"epochs": 60, "batch_size": 24, "lr": 2e-3})
+    params = tiny_config.clip.model_copy(update={"epochs": 60, "batch_size": 24, "lr": 1e-3})
     history = train_clip(
         model,
         open_clip.get_tokenizer("rdm-tiny"),

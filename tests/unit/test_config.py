@@ -16,7 +16,7 @@ def error_for(data: dict) -> str:
 def test_the_projects_params_file_is_valid() -> None:
     config = load_config(REPO_ROOT / "params.yaml")
     assert isinstance(config, Config)
-    assert config.generate.held_out_styles == ["ukiyo_e"]
+    assert config.generate.held_out_styles == ["pixel_art", "ukiyo_e"]
 
 
 @pytest.mark.parametrize(

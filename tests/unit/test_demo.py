@@ -57,9 +57,26 @@ def test_every_style_and_content_appears(tiny_config: Config, demo: Path) -> Non
     trained = set(params.styles) - set(params.held_out_styles)
     for split in ("train", "d_train"):
         manifest = pd.read_csv(demo / split / "manifest.csv")
-        assert set(manifest["style"]) == trained | {"plain"}
+        assert set(manifest["style"]) == trained | set(params.general)
         assert set(manifest["content"]) == set(CONTENTS)
     assert {p.name for p in (demo / "styles").iterdir()} == set(params.styles)
+
+
+def test_d_train_is_general_with_each_seen_style_a_few_percent(tiny_config: Config) -> None:
+    """The paper's proportions: any one evaluated style is rare in D_train (LAION), ordinary renderings
+    make up the rest, and at least two styles exist only in their own collections."""
+    from rdm.data.demo.generate import plan
+
+    params = tiny_config.generate.model_copy(update={"d_train_images": 1000, "train_images": 600})
+    planned = plan(params)
+    seen = set(params.styles) - set(params.held_out_styles)
+    assert len(params.held_out_styles) >= 2
+    for split, count in (("d_train", 1000), ("train", 600)):
+        styles = pd.Series([art.style for art in planned[split]]).value_counts()
+        for style in seen:
+            assert styles[style] == round(count * params.style_fraction)
+        assert styles[list(params.general)].sum() == count - len(seen) * round(count * params.style_fraction)
+        assert not set(styles.index) & set(params.held_out_styles)
 
 
 def test_held_out_style_never_reaches_training_data(tiny_config: Config, demo: Path) -> None:
@@ -77,11 +94,14 @@ def test_captions_name_the_content_and_some_name_the_style(demo: Path) -> None:
     manifest = pd.read_csv(demo / "train" / "manifest.csv")
     for row in manifest.itertuples():
         assert row.content in row.caption
-    styled = manifest[manifest["style"] != "plain"]
+    styled = manifest[~manifest["style"].isin(["plain", "shaded", "sketch"])]
     names_style = [STYLE_WORDS[row.style] in row.caption for row in styled.itertuples()]
     assert 0 < sum(names_style) < len(names_style)
     prompts = pd.read_csv(demo / "prompts.csv")
-    assert not any(word in p for p in prompts["prompt"] for word in STYLE_WORDS.values() if word != "plain")
+    general = {"plain", "shaded", "sketch"}
+    assert not any(
+        word in p for p in prompts["prompt"] for w, word in STYLE_WORDS.items() if w not in general
+    )
 
 
 def texture_features(path: Path) -> np.ndarray:

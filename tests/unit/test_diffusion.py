@@ -1,6 +1,8 @@
-"""The retrieval-conditioned diffusion model: context, null context, loss, sampling, model folder."""
+"""The retrieval-conditioned diffusion model: contexts, null context, schedule, guidance, loss, sampling,
+EMA, and that a trained model reads its context."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -9,12 +11,15 @@ from torch.utils.data import DataLoader
 
 from rdm.config import UNetParams
 from rdm.data.training import TensorRows, TrainingTensors
+from rdm.diffusion.context import drop_context, neighbor_context, random_k, sampling_context
+from rdm.diffusion.guidance import denoise, seeded_noise
+from rdm.diffusion.schedule import make_sampler, noise_schedule
 from rdm.models import unet as unet_builder
-from rdm.models.diffusion import RetrievalDiffusion, drop_context
-from rdm.sampling.context import build_context
-from rdm.sampling.denoise import denoise, make_sampler, seeded_noise
+from rdm.models.diffusion import RetrievalDiffusion, min_snr_weights
 
-TINY_UNET = UNetParams(block_out_channels=[32, 32], cross_attention=[False, True], head_channels=16)
+TINY_UNET = UNetParams(
+    block_out_channels=[32, 32], cross_attention=[False, True], head_channels=16, norm_groups=8
+)
 LATENT = (4, 8, 8)
 DIM = 16
 
@@ -29,48 +34,132 @@ def tiny_module(**overrides: object) -> RetrievalDiffusion:
 
 def tiny_tensors(n: int, k: int = 2) -> TrainingTensors:
     generator = torch.Generator().manual_seed(1)
-    mean = torch.randn((n, *LATENT), generator=generator)
-    std = torch.full_like(mean, 0.01)
+    latent = torch.randn((n, *LATENT), generator=generator)
     return TrainingTensors(
         ids=[f"img{i}" for i in range(n)],
-        mean=mean,
-        std=std,
-        mean_flipped=mean.flip(-1),
-        std_flipped=std,
-        query=torch.randn((n, DIM), generator=generator),
+        latent=latent,
+        latent_flipped=latent.flip(-1),
         neighbors=torch.randn((n, k, DIM), generator=generator),
     )
 
 
-def test_context_is_normalised_with_the_query_first() -> None:
+def fit(module: RetrievalDiffusion, data: DataLoader, steps: int, root: Path, callbacks: list) -> None:
+    L.Trainer(
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        default_root_dir=root,
+    ).fit(module, data)
+
+
+def test_sampling_contexts_put_the_query_first_and_are_normalised() -> None:
     query, neighbors = torch.randn(3, DIM) * 5, torch.randn(3, 4, DIM) * 5
-    context = build_context(query, neighbors)
-    assert context.shape == (3, 5, DIM)
-    torch.testing.assert_close(context.norm(dim=-1), torch.ones(3, 5))
-    torch.testing.assert_close(context[:, 0], torch.nn.functional.normalize(query, dim=-1))
+    both = sampling_context(query, neighbors)
+    assert both.shape == (3, 5, DIM)
+    torch.testing.assert_close(both.norm(dim=-1), torch.ones(3, 5))
+    torch.testing.assert_close(both[:, 0], torch.nn.functional.normalize(query, dim=-1))
+    torch.testing.assert_close(sampling_context(query, neighbors, "neighbors_only"), both[:, 1:])
+    torch.testing.assert_close(sampling_context(query, neighbors, "query_only"), both[:, :1])
+    with pytest.raises(ValueError, match="unknown query mode"):
+        sampling_context(query, neighbors, "text")  # type: ignore[arg-type]
 
 
 def test_drop_context_zeroes_whole_contexts_for_the_chosen_fraction() -> None:
-    context = build_context(torch.randn(20_000, DIM), torch.randn(20_000, 4, DIM))
+    context = neighbor_context(torch.randn(20_000, 4, DIM))
     dropped_context, dropped = drop_context(context, 0.1, torch.Generator().manual_seed(0))
     assert abs(dropped.float().mean().item() - 0.1) < 0.01
     assert torch.all(dropped_context[dropped] == 0)
     torch.testing.assert_close(dropped_context[~dropped], context[~dropped])
 
 
-def test_training_feeds_the_unet_zero_contexts_for_p_uncond_of_examples() -> None:
-    module = tiny_module(p_uncond=0.3)
+def test_random_k_keeps_the_nearest_and_covers_the_range() -> None:
+    neighbors = torch.randn(2, 8, DIM)
+    generator = torch.Generator().manual_seed(0)
+    sizes = {random_k(neighbors, 3, generator).shape[1] for _ in range(200)}
+    assert sizes == set(range(3, 9))
+    torch.testing.assert_close(random_k(neighbors, 8), neighbors)
+    picked = random_k(neighbors, 3, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(picked, neighbors[:, : picked.shape[1]])
+
+
+def test_training_context_is_the_neighbours_alone_with_zero_contexts_for_p_uncond() -> None:
+    """The reference's retro_only conditioning: k normalised neighbours, never the image's own vector."""
+    module = tiny_module(p_uncond=0.3, k_min=2)
     seen: list[torch.Tensor] = []
     module.unet.register_forward_pre_hook(
         lambda _, args, kwargs: seen.append(kwargs["encoder_hidden_states"].detach()), with_kwargs=True
     )
-    batch = next(iter(DataLoader(TensorRows(tiny_tensors(64)), batch_size=64)))
-    for _ in range(30):
+    tensors = tiny_tensors(64, k=4)
+    batch = next(iter(DataLoader(TensorRows(tensors), batch_size=64)))
+    for _ in range(40):
         module.training_step(batch, 0)
-    contexts = torch.cat(seen)  # (30 * 64, 1+k, D)
-    null = (contexts == 0).flatten(1).all(dim=1)
-    assert abs(null.float().mean().item() - 0.3) < 0.05
-    torch.testing.assert_close(contexts[~null].norm(dim=-1), torch.ones(int((~null).sum()), 3))
+    assert {c.shape[1] for c in seen} == {2, 3, 4}  # k drawn per batch from [k_min, k]
+    for context in seen:
+        null = (context == 0).flatten(1).all(dim=1)
+        k = context.shape[1]
+        torch.testing.assert_close(context[~null], neighbor_context(tensors.neighbors[:, :k])[~null])
+    share = torch.cat([(c == 0).flatten(1).all(dim=1) for c in seen]).float().mean().item()
+    assert abs(share - 0.3) < 0.05
+
+
+def test_noise_schedule_is_ldm_linear() -> None:
+    """LDM's make_beta_schedule("linear"): betas = linspace(sqrt(0.0015), sqrt(0.0195), 1000) ** 2."""
+    betas = torch.linspace(0.0015**0.5, 0.0195**0.5, 1000, dtype=torch.float64) ** 2
+    schedule = noise_schedule()
+    torch.testing.assert_close(schedule.betas.double(), betas, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(
+        schedule.alphas_cumprod.double(), torch.cumprod(1 - betas, 0), rtol=1e-4, atol=1e-7
+    )
+
+
+def test_guidance_is_e_u_plus_s_times_e_c_minus_e_u() -> None:
+    """A stub UNet answers 1 for the all-zero context and 3 otherwise; the sampler must be given
+    e_u + s (e_c - e_u) = 1 + 5 * 2 = 11, and the null half of the batch must be all zeros."""
+    contexts: list[torch.Tensor] = []
+
+    def unet(x: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor) -> SimpleNamespace:
+        contexts.append(encoder_hidden_states)
+        null = (encoder_hidden_states == 0).flatten(1).all(1)[:, None, None, None]
+        return SimpleNamespace(sample=torch.where(null, 1.0, 3.0).expand_as(x).clone())
+
+    unet.device, unet.dtype = torch.device("cpu"), torch.float32  # type: ignore[attr-defined]
+    given: list[torch.Tensor] = []
+
+    class Sampler:
+        init_noise_sigma = 1.0
+        timesteps = torch.tensor([999, 499])
+
+        def set_timesteps(self, steps: int, device: torch.device) -> None: ...
+
+        def scale_model_input(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return x
+
+        def step(self, predicted: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> SimpleNamespace:
+            given.append(predicted)
+            return SimpleNamespace(prev_sample=x - 0.01 * predicted)
+
+    context = neighbor_context(torch.randn(2, 3, DIM))
+    denoise(unet, Sampler(), context, torch.zeros(2, *LATENT), steps=2, guidance_scale=5.0)
+    assert len(given) == 2
+    torch.testing.assert_close(given[0], torch.full((2, *LATENT), 11.0))
+    assert contexts[0].shape == (4, 3, DIM)
+    assert torch.all(contexts[0][:2] == 0)
+    torch.testing.assert_close(contexts[0][2:], context)
+    given.clear()
+    denoise(unet, Sampler(), context, torch.zeros(2, *LATENT), steps=2, guidance_scale=1.0)
+    torch.testing.assert_close(given[0], torch.full((2, *LATENT), 3.0))  # scale 1: the conditional alone
+
+
+def test_min_snr_weights_cap_the_clean_timesteps() -> None:
+    alphas_cumprod = noise_schedule().alphas_cumprod
+    timesteps = torch.tensor([0, 100, 999])
+    weights = min_snr_weights(alphas_cumprod, timesteps, 5.0)
+    snr = alphas_cumprod[timesteps] / (1 - alphas_cumprod[timesteps])
+    torch.testing.assert_close(weights, torch.minimum(snr, torch.tensor(5.0)) / snr)
+    assert weights[0] < 0.01 and weights[-1] == pytest.approx(1.0)
 
 
 def test_loss_falls_on_a_tiny_overfit_set(tmp_path: Path) -> None:
@@ -82,31 +171,64 @@ def test_loss_falls_on_a_tiny_overfit_set(tmp_path: Path) -> None:
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # type: ignore[no-untyped-def]
             losses.append(float(outputs["loss"]))
 
-    trainer = L.Trainer(
-        max_steps=150,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[Record()],
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(module, data)
+    fit(module, data, 150, tmp_path, [Record()])
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < 0.5 * first, (first, last)
 
 
+def test_a_trained_model_reads_its_context(tmp_path: Path) -> None:
+    """After a little training on images that their neighbours describe, the loss with each image's own
+    neighbours is well below the loss with another image's: a model that ignored its context would
+    score both the same."""
+    generator = torch.Generator().manual_seed(3)
+    n, k = 16, 2
+    codes = torch.randn(n, DIM, generator=generator)
+    projection = torch.randn(DIM, LATENT[0] * LATENT[1] * LATENT[2], generator=generator) / DIM**0.5
+    latent = (codes @ projection).reshape(n, *LATENT)  # each image is fixed by its neighbours' vector
+    neighbors = codes[:, None] + 0.05 * torch.randn(n, k, DIM, generator=generator)
+    tensors = TrainingTensors([str(i) for i in range(n)], latent, latent.flip(-1), neighbors)
+    module = tiny_module(p_uncond=0.0, flip=False, warmup_steps=10, lr=3e-3)
+    fit(module, DataLoader(TensorRows(tensors), batch_size=n, shuffle=True), 300, tmp_path, [])
+    module.eval()
+    timesteps = torch.full((n,), 700)
+    noise = torch.randn(latent.shape, generator=generator)
+    context = neighbor_context(neighbors)
+    with torch.no_grad():
+        true = module.loss(latent, context, timesteps, noise).item()
+        shuffled = module.loss(latent, context.roll(1, dims=0), timesteps, noise).item()
+    assert true < 0.7 * shuffled, (true, shuffled)
+
+
+def test_fused_ema_equals_lightnings_per_parameter_ema(tmp_path: Path) -> None:
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    from rdm.stages.train import ema_averaging
+
+    data = DataLoader(TensorRows(tiny_tensors(16)), batch_size=8)
+    averaged = []
+    for callback in (EMAWeightAveraging(decay=0.9), ema_averaging(0.9)):
+        module = tiny_module(p_uncond=0.0, flip=False)
+        L.seed_everything(0, verbose=False)
+        fit(module, data, 12, tmp_path, [callback])
+        averaged.append(torch.cat([p.detach().flatten() for p in module.unet.parameters()]))
+    trained = tiny_module(p_uncond=0.0, flip=False)
+    assert not torch.allclose(averaged[0], torch.cat([p.flatten() for p in trained.unet.parameters()]))
+    torch.testing.assert_close(averaged[1], averaged[0], rtol=1e-5, atol=1e-6)
+
+
 def test_sampling_is_fixed_by_the_seed_and_moved_by_guidance() -> None:
     module = tiny_module().eval()
-    context = build_context(torch.randn(2, DIM), torch.randn(2, 2, DIM))
+    context = neighbor_context(torch.randn(2, 2, DIM))
     a = module.sample(context, steps=4, guidance_scale=3.0, seed=5)
     b = module.sample(context, steps=4, guidance_scale=3.0, seed=5)
     assert a.shape == (2, *LATENT)
     torch.testing.assert_close(a, b)
-    assert not torch.allclose(a, module.sample(context, steps=4, guidance_scale=3.0, seed=6))
-    assert not torch.allclose(a, module.sample(context, steps=4, guidance_scale=1.0, seed=5))
-    # an image depends on its own seed, not on the rest of its batch
-    torch.testing.assert_close(module.sample(context[1:], steps=4, guidance_scale=3.0, seed=6), a[1:])
+    assert not torch.allclose(a, module.sample(context, steps=4, guidance_scale=3.0, seed=6), atol=1e-2)
+    assert not torch.allclose(a, module.sample(context, steps=4, guidance_scale=1.0, seed=5), atol=1e-2)
+    # an image depends on its own seed, not on the rest of its batch: equal up to float kernels, whose
+    # reductions may be ordered by batch size (seen: 2.4e-5 on one CPU); a different seed moves it by ~1
+    alone = module.sample(context[1:], steps=4, guidance_scale=3.0, seed=6)
+    torch.testing.assert_close(alone, a[1:], rtol=1e-3, atol=1e-3)
 
 
 def test_paper_like_unet_has_the_reference_size() -> None:
@@ -121,7 +243,7 @@ def test_paper_like_unet_has_the_reference_size() -> None:
 
 def test_dpm_solver_follows_the_same_ode_as_ddim_in_fewer_steps() -> None:
     module = tiny_module().eval()
-    context = build_context(torch.randn(3, DIM), torch.randn(3, 2, DIM))
+    context = sampling_context(torch.randn(3, DIM), torch.randn(3, 2, DIM))
     noise = seeded_noise(LATENT, [0, 1, 2])
     reference = denoise(module.unet, make_sampler("ddim", module.schedule.config), context, noise, 250, 2.0)
     dpm = denoise(module.unet, make_sampler("dpm", module.schedule.config), context, noise, 20, 2.0)
@@ -148,7 +270,7 @@ def test_a_compiled_model_draws_the_same_images() -> None:
     vae = autoencoder.build(shape).eval()
     card = ModelCard(2, DIM, LATENT, 16, 1.0, "rdm-tiny", "test", 0)
     model = RetrievalDiffusionModel(module.unet, vae, module.schedule.config, card)
-    context = build_context(torch.randn(2, DIM), torch.randn(2, 2, DIM))
+    context = sampling_context(torch.randn(2, DIM), torch.randn(2, 2, DIM))
     eager = model.generate(context, steps=3, guidance_scale=3.0, seed=[4, 9])
     model.compile()
     compiled = model.generate(context, steps=3, guidance_scale=3.0, seed=[4, 9])

@@ -1,6 +1,6 @@
-"""What the diffusion model trains on: per training image, its latent posterior (both flips), its own
-CLIP embedding and its neighbours' embeddings, all held as tensors in memory (small per image: a
-256 px image at f=4 is a 3x64x64 latent) and served by a Lightning DataModule."""
+"""What the diffusion model trains on: per training image, its latent (the autoencoder's posterior mode,
+both flips) and its D_train neighbours' CLIP embeddings, all held as tensors in memory (small per
+image: a 256 px image at f=4 is a 3x64x64 latent) and served by a Lightning DataModule."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-FIELDS = ("mean", "std", "mean_flipped", "std_flipped", "query", "neighbors")
+FIELDS = ("latent", "latent_flipped", "neighbors")
 
 
 @dataclass(frozen=True)
@@ -18,11 +18,8 @@ class TrainingTensors:
     """Row i of every tensor belongs to image `ids[i]`."""
 
     ids: list[str]
-    mean: torch.Tensor  # (N, C, h, w) posterior mean of the image
-    std: torch.Tensor  # (N, C, h, w)
-    mean_flipped: torch.Tensor  # (N, C, h, w) the same for the mirrored image
-    std_flipped: torch.Tensor
-    query: torch.Tensor  # (N, D) the image's own CLIP embedding
+    latent: torch.Tensor  # (N, C, h, w) posterior mode of the image, unscaled
+    latent_flipped: torch.Tensor  # (N, C, h, w) the same for the mirrored image
     neighbors: torch.Tensor  # (N, k, D) its k nearest D_train embeddings, best first
 
     def __post_init__(self) -> None:

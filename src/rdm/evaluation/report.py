@@ -1,187 +1,314 @@
-"""The style evaluation's tables and charts (the paper's Fig. 4): per style and method, the classifier's
-top-1 accuracy and mean logit for the target style, the Frechet distance to the style's collection in
-CLIP space, and the CLIP similarity of each sample to its prompt (does the content survive?)."""
+"""The style evaluation's report (the paper's Fig. 4, with intervals, floors and a ceiling): the wide
+per-style table (`style_accuracy.csv`), the JSON summary (`evaluate.json`) and the printed table.
+
+Every number a claim rests on has a 95 % bootstrap interval; retrieval's gain over a baseline is the
+paired difference in accuracy (`scores.paired_differences`). Means over styles weigh every style once,
+the styles seen in training apart from the held-out (zero-shot) ones.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from rdm.evaluation.bootstrap import Interval
 from rdm.evaluation.classifier import FittedClassifier
-from rdm.evaluation.metrics import cosine_similarity, frechet_distance
-from rdm.sampling.batch import POSTFIX, RETRIEVAL, on_style_share
+from rdm.evaluation.scores import (
+    BASELINES,
+    METHOD_ORDER,
+    METRICS,
+    WITH_INTERVALS,
+    mean_over_styles,
+    paired_differences,
+)
+from rdm.sampling.batch import FLOORS, NULL, OTHER_STYLE, POSTFIX, POSTFIX_TEXT, RETRIEVAL
 
-METRICS = ("accuracy", "target_logit", "frechet", "clip_score", "on_style_neighbors")
+HELD_OUT_MARK = "*"
 
 
-def score_samples(
-    records: Sequence[dict[str, Any]],
-    features: np.ndarray,
-    prompt_vectors: dict[str, np.ndarray],
-    fitted: FittedClassifier,
-    collections: dict[str, np.ndarray],
-    held_out: set[str],
-) -> pd.DataFrame:
-    """Samples (records and their (N, D) CLIP features) -> one row per style and method."""
-    styles = fitted.classifier.styles
-    unknown = sorted({r["style"] for r in records} - set(styles))
-    if unknown:
-        raise ValueError(f"samples of style(s) {unknown} that the classifier was not trained on ({styles})")
-    logits = fitted.classifier.logits(features)  # (N, styles)
-    target = np.array([styles.index(r["style"]) for r in records])
-    samples = pd.DataFrame(
-        {
-            "style": [r["style"] for r in records],
-            "method": [r["method"] for r in records],
-            "correct": logits.argmax(1) == target,
-            "target_logit": logits[np.arange(len(records)), target],
-            "clip_score": cosine_similarity(
-                features, np.stack([prompt_vectors[r["prompt"]] for r in records])
-            ),
-            "on_style_neighbors": [on_style_share(r["neighbors"], r["style"]) for r in records],
-        }
-    )
+def style_differences(samples: pd.DataFrame, resamples: int, seed: int) -> pd.DataFrame:
+    """Per style and baseline: retrieval's accuracy minus the baseline's over pairs, with its interval
+    (columns style, baseline, estimate, low, high, n; no row where a baseline has no pairs)."""
     rows = []
-    for (style, method), group in samples.groupby(["style", "method"], sort=False):
-        rows.append(
-            {
-                "style": style,
-                "method": method,
-                "held_out": style in held_out,
-                "samples": len(group),
-                "accuracy": float(group["correct"].mean()),
-                "target_logit": float(group["target_logit"].mean()),
-                "frechet": frechet_distance(features[group.index.to_numpy()], collections[str(style)]),
-                "clip_score": float(group["clip_score"].mean()),
-                "on_style_neighbors": float(group["on_style_neighbors"].mean()),
-            }
-        )
-    return pd.DataFrame(rows)
+    for style in sorted(samples["style"].unique()):
+        for baseline in BASELINES:
+            interval = paired_differences(samples, baseline, [style], resamples, seed)
+            if interval is not None:
+                rows.append({"style": style, "baseline": baseline, **interval.as_dict()})
+    return pd.DataFrame(rows, columns=["style", "baseline", "estimate", "low", "high", "n"])
 
 
-def compare_methods(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per style: each metric for both methods, and the relative improvement in accuracy of
-    retrieval over postfix, (acc_retrieval - acc_postfix) / acc_postfix (Fig. 4a; NaN where postfix is 0)."""
-    wide = table.pivot(index="style", columns="method", values=list(METRICS))
-    wide.columns = [f"{metric}_{method}" for metric, method in wide.columns]
-    wide["relative_improvement"] = (wide[f"accuracy_{RETRIEVAL}"] - wide[f"accuracy_{POSTFIX}"]) / wide[
-        f"accuracy_{POSTFIX}"
-    ].replace(0.0, np.nan)
+def compare_methods(table: pd.DataFrame, differences: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per style: each metric for every method (`<metric>_<method>`), retrieval minus each
+    baseline with its interval (`difference_<baseline>`, `_low`, `_high`), and the relative improvement
+    of retrieval over postfix, (acc_retrieval - acc_postfix) / acc_postfix (Fig. 4a; NaN where postfix
+    is 0)."""
+    columns = [c for c in table.columns if c not in ("style", "method", "held_out")]
+    wide = table.pivot(index="style", columns="method", values=columns)
+    wide.columns = [_wide_name(metric, method) for metric, method in wide.columns]
+    retrieval, postfix = wide.get(f"accuracy_{RETRIEVAL}"), wide.get(f"accuracy_{POSTFIX}")
+    wide["relative_improvement"] = (
+        (retrieval - postfix) / postfix.replace(0.0, np.nan)
+        if retrieval is not None and postfix is not None
+        else np.nan
+    )
+    for _, row in (differences if differences is not None else pd.DataFrame()).iterrows():
+        for part, suffix in (("estimate", ""), ("low", "_low"), ("high", "_high")):
+            wide.loc[row["style"], f"difference_{row['baseline']}{suffix}"] = row[part]
     held = table.groupby("style")["held_out"].first()
     return wide.assign(held_out=held).reset_index()
 
 
-def summary(table: pd.DataFrame, fitted: FittedClassifier) -> dict[str, Any]:
-    """The report's metrics: the classifier, both methods averaged over the styles seen in training,
-    the held-out styles on their own, and every style and method."""
+def _wide_name(metric: str, method: str) -> str:
+    """("accuracy", "retrieval") -> "accuracy_retrieval"; ("accuracy_low", "retrieval") ->
+    "accuracy_retrieval_low", so an interval's columns sit beside its estimate's name."""
+    for side in ("_low", "_high"):
+        if metric.endswith(side):
+            return f"{metric.removesuffix(side)}_{method}{side}"
+    return f"{metric}_{method}"
 
-    def averaged(rows: pd.DataFrame) -> dict[str, Any]:
-        means = {
-            m: {k: _number(v) for k, v in rows[rows["method"] == m][list(METRICS)].mean().items()}
-            for m in (RETRIEVAL, POSTFIX)
-        }
-        retrieval, postfix = means[RETRIEVAL]["accuracy"], means[POSTFIX]["accuracy"]
-        gain = None if retrieval is None or not postfix else round((retrieval - postfix) / postfix, 4)
-        return {**means, "relative_improvement": gain}
 
-    seen = table[~table["held_out"]]
-    held = table[table["held_out"]]
-    return {
-        "classifier": {
-            "holdout_top1": round(fitted.holdout_accuracy, 4),
-            "chance": round(1 / len(fitted.classifier.styles), 4),
-            "train_images": fitted.train_size,
-            "holdout_images": fitted.holdout_size,
-        },
-        "seen_styles": averaged(seen),
-        **({"held_out_styles": averaged(held)} if len(held) else {}),
-        "styles": {
-            str(style): {
-                str(row["method"]): {m: _number(row[m]) for m in METRICS} for _, row in rows.iterrows()
-            }
-            for style, rows in table.groupby("style")
-        },
+def summary(
+    samples: pd.DataFrame, table: pd.DataFrame, fitted: FittedClassifier, resamples: int, seed: int
+) -> dict[str, Any]:
+    """The report's metrics: the style classifier; every method averaged over the seen styles and over
+    the held-out styles (with intervals and retrieval's paired differences); the floors over all
+    styles; and every style and method."""
+    held_styles = sorted(table.loc[table["held_out"].astype(bool), "style"].unique())
+    seen_styles = sorted(set(table["style"]) - set(held_styles))
+    everything = sorted(table["style"].unique())
+    report: dict[str, Any] = {
+        "classifier": classifier_report(fitted),
+        "seen_styles": _averaged(samples, table, seen_styles, resamples, seed),
     }
+    if held_styles:
+        report["held_out_styles"] = _averaged(samples, table, held_styles, resamples, seed)
+    floors: dict[str, dict[str, Any]] = {}
+    for method in FLOORS:
+        accuracy = mean_over_styles(samples, method, "accuracy", everything, resamples, seed)
+        if accuracy is not None:
+            floors[method] = {"accuracy": _interval(accuracy)}
+    # does other_style draw the collection it was given? (the floor's other side)
+    followed = mean_over_styles(samples, OTHER_STYLE, "collection_accuracy", everything, resamples, seed)
+    if followed is not None and followed.n:
+        floors[OTHER_STYLE]["collection_accuracy"] = _interval(followed)
+    if floors:
+        report["floors"] = floors
+    report["styles"] = {}
+    for style, rows in table.groupby("style"):
+        block: dict[str, Any] = {str(r["method"]): _metrics(r) for _, r in rows.iterrows()}
+        for baseline in BASELINES:
+            difference = paired_differences(samples, baseline, [str(style)], resamples, seed)
+            if difference is not None:
+                block[f"{RETRIEVAL}_minus_{baseline}"] = _interval(difference)
+        report["styles"][str(style)] = block
+    return report
+
+
+def classifier_report(fitted: FittedClassifier) -> dict[str, Any]:
+    """A classifier's top-1 on its held-out images, chance, and how many images it rests on."""
+    return {
+        "holdout_top1": round(fitted.holdout_accuracy, 4),
+        "chance": round(1 / len(fitted.classifier.styles), 4),
+        "train_images": fitted.train_size,
+        "holdout_images": fitted.holdout_size,
+    }
+
+
+def _averaged(
+    samples: pd.DataFrame, table: pd.DataFrame, styles: Sequence[str], resamples: int, seed: int
+) -> dict[str, Any]:
+    """Every method's metrics averaged over `styles` (each style once); accuracy and target logit from
+    the stratified bootstrap, with `_low` / `_high`."""
+    rows = table[table["style"].isin(styles)]
+    block: dict[str, Any] = {"styles": len(styles)}
+    for method in [m for m in METHOD_ORDER if m in set(rows["method"])]:
+        mine = rows[rows["method"] == method]
+        means = {m: _number(mine[m].mean()) for m in METRICS if m in mine}
+        for metric in WITH_INTERVALS:
+            interval = mean_over_styles(samples, method, metric, styles, resamples, seed)
+            if interval is not None:
+                means |= {
+                    metric: _number(interval.estimate),
+                    f"{metric}_low": _number(interval.low),
+                    f"{metric}_high": _number(interval.high),
+                }
+        block[method] = means
+    retrieval = block.get(RETRIEVAL, {}).get("accuracy")
+    postfix = block.get(POSTFIX, {}).get("accuracy")
+    block["relative_improvement"] = (
+        None if retrieval is None or not postfix else round((retrieval - postfix) / postfix, 4)
+    )
+    for baseline in BASELINES:
+        difference = paired_differences(samples, baseline, styles, resamples, seed)
+        if difference is not None:
+            block[f"{RETRIEVAL}_minus_{baseline}"] = _interval(difference)
+    return block
+
+
+def _metrics(row: pd.Series) -> dict[str, Any]:
+    names = [*METRICS, *(f"{m}_{side}" for m in WITH_INTERVALS for side in ("low", "high"))]
+    return {"samples": int(row["samples"])} | {m: _number(row[m]) for m in names if m in row}
+
+
+def _interval(interval: Interval) -> dict[str, Any]:
+    return {k: v if k == "n" else _number(v) for k, v in interval.as_dict().items()}
 
 
 def _number(value: Any) -> float | None:
     """Rounded for the JSON report; None where there is no number (JSON has no NaN)."""
-    return None if pd.isna(value) else round(float(value), 4)
+    return None if value is None or pd.isna(value) else round(float(value), 4)
 
 
-def format_table(comparison: pd.DataFrame) -> str:
-    """The style table people read: accuracy and target logit of both methods, and the gain."""
-    lines = [
-        f"{'style':16s} {'retrieval':>9s} {'postfix':>8s} {'rel.gain':>8s}   {'logit r':>7s} {'logit p':>7s}"
-        f"   {'FD r':>6s} {'FD p':>6s}   {'CLIP r':>6s} {'CLIP p':>6s}   {'style nn p':>10s}"
-    ]
+# --- the printed table -------------------------------------------------------------------------------
+
+
+def format_table(comparison: pd.DataFrame, metrics: Mapping[str, Any] | None = None) -> str:
+    """The table people read (under 110 characters wide): per style the accuracy of retrieval, postfix
+    and postfix_text, retrieval - postfix with its 95 % interval, target logits, and the share of
+    samples showing the prompt's content and colour (retrieval / postfix). With the JSON `metrics`, the
+    means over seen and held-out styles with intervals, the floors, the ceiling, the conditioning
+    sensitivity and the classifiers follow; without, the plain mean over the seen styles."""
+    header = (
+        f"{'style':15s} {'retr':>5s} {'post':>5s} {'ptxt':>5s}  {'retr-post [95% CI]':>19s}  "
+        f"{'logit r':>7s} {'logit p':>7s}  {'content r/p':>11s}  {'colour r/p':>11s}"
+    )
+    lines = [header]
     for _, row in comparison.iterrows():
-        name = f"{row['style']}{' (held out)' if row['held_out'] else ''}"
-        gain = row["relative_improvement"]
+        name = f"{row['style']}{HELD_OUT_MARK if _flag(row.get('held_out')) else ''}"
         lines.append(
-            f"{name:16s} {row['accuracy_retrieval']:9.0%} {row['accuracy_postfix']:8.0%} "
-            f"{'n/a' if pd.isna(gain) else f'{gain:+.0%}':>8s}   "
-            f"{row['target_logit_retrieval']:7.2f} {row['target_logit_postfix']:7.2f}   "
-            f"{row['frechet_retrieval']:6.3f} {row['frechet_postfix']:6.3f}   "
-            f"{row['clip_score_retrieval']:6.3f} {row['clip_score_postfix']:6.3f}   "
-            f"{row['on_style_neighbors_postfix']:10.0%}"
+            _row(
+                name,
+                {m: row.get(f"accuracy_{m}") for m in (RETRIEVAL, POSTFIX, POSTFIX_TEXT)},
+                [row.get(f"difference_{POSTFIX}{s}") for s in ("", "_low", "_high")],
+                [row.get(f"target_logit_{m}") for m in (RETRIEVAL, POSTFIX)],
+                [row.get(f"content_hits_{m}") for m in (RETRIEVAL, POSTFIX)],
+                [row.get(f"colour_hits_{m}") for m in (RETRIEVAL, POSTFIX)],
+            )
         )
-    seen = comparison[~comparison["held_out"].astype(bool)]
-    if len(seen):
-        retrieval, postfix = seen["accuracy_retrieval"].mean(), seen["accuracy_postfix"].mean()
-        gain = f"{(retrieval - postfix) / postfix:+.0%}" if postfix else "n/a"
-        lines.append(f"{'seen styles':16s} {retrieval:9.0%} {postfix:8.0%} {gain:>8s}   (mean over styles)")
+    if metrics is None:
+        seen = comparison[~comparison["held_out"].map(_flag)]
+        if len(seen):
+            means = {
+                m: seen[f"accuracy_{m}"].mean()
+                for m in (RETRIEVAL, POSTFIX, POSTFIX_TEXT)
+                if f"accuracy_{m}" in seen
+            }
+            lines.append(_row("seen styles", means, [None] * 3, [None] * 2, [None] * 2, [None] * 2))
+    else:
+        lines.extend(_summary_lines(metrics))
+    if comparison["held_out"].map(_flag).any():
+        lines.append(f"{HELD_OUT_MARK} held out of training, D_train and captions (zero-shot)")
     return "\n".join(lines)
 
 
-def draw_charts(comparison: pd.DataFrame, folder: Path) -> list[Path]:
-    """PNG charts: per-style accuracy of both methods with the relative improvement (Fig. 4a), and
-    the mean logit of the target style (Fig. 4b)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = [
-        f"{s}\n(held out)" if h else s
-        for s, h in zip(comparison["style"], comparison["held_out"], strict=True)
+def _summary_lines(metrics: Mapping[str, Any]) -> list[str]:
+    lines = []
+    for key, label in (("seen_styles", "seen styles"), ("held_out_styles", "held-out styles")):
+        block = metrics.get(key)
+        if not block:
+            continue
+        difference = block.get(f"{RETRIEVAL}_minus_{POSTFIX}") or {}
+        lines.append(
+            _row(
+                f"{label} ({block['styles']})"[:15] if "styles" in block else label,
+                {m: (block.get(m) or {}).get("accuracy") for m in (RETRIEVAL, POSTFIX, POSTFIX_TEXT)},
+                [difference.get(k) for k in ("estimate", "low", "high")],
+                [(block.get(m) or {}).get("target_logit") for m in (RETRIEVAL, POSTFIX)],
+                [(block.get(m) or {}).get("content_hits") for m in (RETRIEVAL, POSTFIX)],
+                [(block.get(m) or {}).get("colour_hits") for m in (RETRIEVAL, POSTFIX)],
+            )
+        )
+        intervals = [
+            f"{short} {_pct(block[m].get('accuracy'))} [{_pct(block[m].get('accuracy_low'))},"
+            f"{_pct(block[m].get('accuracy_high'))}]"
+            for m, short in ((RETRIEVAL, "retr"), (POSTFIX, "post"), (POSTFIX_TEXT, "ptxt"))
+            if isinstance(block.get(m), dict) and "accuracy_low" in block[m]
+        ]
+        if intervals:  # reports from before the intervals have none
+            lines.append(f"{'':15s} accuracy 95% CI: " + "  ".join(intervals))
+    floors = metrics.get("floors", {})
+    if NULL in floors:
+        lines.append(f"{'floor':15s} null context: target style {_ci(floors[NULL]['accuracy'])}")
+    if OTHER_STYLE in floors:
+        followed = floors[OTHER_STYLE].get("collection_accuracy")
+        lines.append(
+            f"{'floor':15s} another collection: target style {_ci(floors[OTHER_STYLE]['accuracy'])}"
+            + (f"; the collection's style {_ci(followed)}" if followed else "")
+        )
+    top = metrics.get("ceiling")
+    if top:
+        originals = top.get("originals")
+        lines.append(
+            f"{'ceiling':15s} AE reconstructions {_ci(top['reconstructions'])}"
+            + (f", originals {_ci(originals)}" if originals else "")
+            + f" ({top['images']} unseen collection images)"
+        )
+    else:
+        lines.append(f"{'ceiling':15s} no autoencoder reconstructions to score")
+    sensitivity = metrics.get("sensitivity")
+    if sensitivity:
+        ratios = ", ".join(
+            f"{space} {_fixed((sensitivity.get(space) or {}).get('ratio'))}" for space in ("pixels", "clip")
+        )
+        lines.append(
+            f"{'sensitivity':15s} retrieval, across collections / across seeds: {ratios} "
+            f"(goal >= {sensitivity.get('goal', 0.5)})"
+        )
+    judged = [
+        f"{name} {_pct(metrics[key]['holdout_top1'])}"
+        for name, key in (
+            ("style", "classifier"),
+            ("content", "content_classifier"),
+            ("colour", "colour_classifier"),
+        )
+        if key in metrics
     ]
-    x = np.arange(len(labels))
-    folder.mkdir(parents=True, exist_ok=True)
+    if judged:
+        chance = metrics.get("classifier", {}).get("chance")
+        lines.append(
+            f"{'classifiers':15s} held-out top-1: " + ", ".join(judged) + f" (style chance {_pct(chance)})"
+        )
+    return lines
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6, 1.1 * len(labels)), 7), sharex=True)
-    top.bar(x - 0.2, comparison[f"accuracy_{RETRIEVAL}"], 0.4, label="retrieval (style database)")
-    top.bar(x + 0.2, comparison[f"accuracy_{POSTFIX}"], 0.4, label='postfix ("in the style of")')
-    top.set_ylabel("style classifier top-1")
-    top.set_ylim(0, 1)
-    top.legend(loc="upper right", fontsize=8)
-    gains = comparison["relative_improvement"]
-    known = gains.notna().to_numpy()
-    colors = ["tab:green" if g >= 0 else "tab:red" for g in gains[known]]
-    bottom.bar(x[known], gains[known], 0.5, color=colors)
-    for position in x[~known]:  # postfix at 0 %: no ratio to draw
-        bottom.text(position, 0, "n/a", ha="center", va="bottom", fontsize=8)
-    bottom.axhline(0, color="black", linewidth=0.8)
-    bottom.set_ylabel("relative improvement\nof retrieval over postfix")
-    bottom.set_xticks(x, labels, fontsize=8)
-    fig.tight_layout()
-    accuracy = folder / "style_accuracy.png"
-    fig.savefig(accuracy, dpi=120)
-    plt.close(fig)
 
-    fig, axis = plt.subplots(figsize=(max(6, 1.1 * len(labels)), 3.5))
-    axis.bar(x - 0.2, comparison[f"target_logit_{RETRIEVAL}"], 0.4, label="retrieval")
-    axis.bar(x + 0.2, comparison[f"target_logit_{POSTFIX}"], 0.4, label="postfix")
-    axis.axhline(0, color="black", linewidth=0.8)
-    axis.set_ylabel("mean logit of the target style")
-    axis.set_xticks(x, labels, fontsize=8)
-    axis.legend(fontsize=8)
-    fig.tight_layout()
-    logits = folder / "target_logits.png"
-    fig.savefig(logits, dpi=120)
-    plt.close(fig)
-    return [accuracy, logits]
+def _row(
+    name: str,
+    accuracy: Mapping[str, Any],
+    difference: Sequence[Any],
+    logits: Sequence[Any],
+    content: Sequence[Any],
+    colour: Sequence[Any],
+) -> str:
+    estimate, low, high = difference
+    interval = "n/a" if _missing(estimate) else f"{_pct(estimate, '+')} [{_pct(low, '+')},{_pct(high, '+')}]"
+    return (
+        f"{name:15s} {_pct(accuracy.get(RETRIEVAL)):>5s} {_pct(accuracy.get(POSTFIX)):>5s} "
+        f"{_pct(accuracy.get(POSTFIX_TEXT)):>5s}  {interval:>19s}  "
+        f"{_fixed(logits[0]):>7s} {_fixed(logits[1]):>7s}  "
+        f"{_pct(content[0]) + '/' + _pct(content[1]):>11s}  {_pct(colour[0]) + '/' + _pct(colour[1]):>11s}"
+    )
+
+
+def _missing(value: Any) -> bool:
+    return value is None or bool(pd.isna(value))
+
+
+def _pct(value: Any, sign: str = "") -> str:
+    return "-" if _missing(value) else f"{float(value):{sign}.0%}"
+
+
+def _fixed(value: Any) -> str:
+    return "-" if _missing(value) else f"{float(value):.2f}"
+
+
+def _ci(interval: Mapping[str, Any]) -> str:
+    return f"{_pct(interval.get('estimate'))} [{_pct(interval.get('low'))},{_pct(interval.get('high'))}]"
+
+
+def _flag(value: Any) -> bool:
+    """held_out as written (bool) or read back from CSV ("True"/"False", or bool)."""
+    return str(value).strip().lower() == "true"

@@ -1,8 +1,9 @@
-"""The retrieval-augmented diffusion model as a LightningModule: the UNet, the noise schedule, the
-loss and the optimiser. The UNet itself knows nothing of Lightning (`rdm.models.unet`).
+"""The retrieval-augmented diffusion model as a LightningModule: the UNet, the loss and the optimiser.
+The UNet itself knows nothing of Lightning (`rdm.models.unet`); the schedule, the context and the guided
+loop are the diffusion core's (`rdm.diffusion`).
 
-A batch holds, per training image, its latent posterior (both flips, from the autoencoder stage), its
-own CLIP embedding (the query token) and the CLIP embeddings of its k neighbours in D_train.
+A batch holds, per training image, its latent (the autoencoder's posterior mode, both flips: what the
+decoder decodes) and the CLIP embeddings of its k nearest neighbours in D_train, the whole context.
 """
 
 from __future__ import annotations
@@ -14,18 +15,18 @@ import torch
 import torch.nn.functional as F
 
 from rdm.config import UNetParams
+from rdm.diffusion.context import drop_context, neighbor_context, random_k
+from rdm.diffusion.guidance import denoise, seeded_noise
+from rdm.diffusion.schedule import TRAIN_TIMESTEPS, ddim, noise_schedule
 from rdm.models import unet as unet_builder
-from rdm.sampling.context import build_context
-from rdm.sampling.denoise import TRAIN_TIMESTEPS, ddim, denoise, noise_schedule, seeded_noise
 
 
-def drop_context(
-    context: torch.Tensor, p_uncond: float, generator: torch.Generator | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero the whole context of a random `p_uncond` share of examples: the null that classifier-free
-    guidance samples against. Returns (context, dropped (B,) bool)."""
-    dropped = torch.rand(context.shape[0], generator=generator, device=context.device) < p_uncond
-    return context.masked_fill(dropped[:, None, None], 0.0), dropped
+def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-example loss weights (B,) of Min-SNR-gamma for epsilon prediction: min(SNR, gamma) / SNR,
+    so the nearly clean timesteps, whose noise is easy to guess, stop dominating the gradient."""
+    alpha_bar = alphas_cumprod[timesteps]
+    snr = alpha_bar / (1 - alpha_bar)
+    return snr.clamp(max=gamma) / snr
 
 
 class RetrievalDiffusion(L.LightningModule):
@@ -42,6 +43,8 @@ class RetrievalDiffusion(L.LightningModule):
         lr: float = 1e-4,
         warmup_steps: int = 100,
         weight_decay: float = 0.01,
+        k_min: int | None = None,
+        min_snr_gamma: float | None = None,
     ) -> None:
         super().__init__()
         # plain values only, so checkpoints load with torch's safe (weights-only) unpickler
@@ -54,62 +57,78 @@ class RetrievalDiffusion(L.LightningModule):
         """Set by whoever measured it (benchmarks/train.py); Lightning's ThroughputMonitor then logs MFU."""
 
     def latents(self, batch: dict[str, torch.Tensor], flip: torch.Tensor | None = None) -> torch.Tensor:
-        """A sample of each image's latent posterior, scaled to unit variance: (B, C, h, w).
-        Where `flip` is true the mirrored image's posterior is used."""
-        mean, std = batch["mean"], batch["std"]
+        """Each image's latent, scaled to unit variance: (B, C, h, w); mirrored where `flip` is true."""
+        latent = batch["latent"]
         if flip is not None:
-            pick = flip[:, None, None, None]
-            mean = torch.where(pick, batch["mean_flipped"], mean)
-            std = torch.where(pick, batch["std_flipped"], std)
-        return (mean + std * torch.randn_like(std)) * self.hparams["scale_factor"]
+            latent = torch.where(flip[:, None, None, None], batch["latent_flipped"], latent)
+        return latent * self.hparams["scale_factor"]
 
     def loss(
-        self, latents: torch.Tensor, context: torch.Tensor, timesteps: torch.Tensor, noise: torch.Tensor
+        self,
+        latents: torch.Tensor,
+        context: torch.Tensor,
+        timesteps: torch.Tensor,
+        noise: torch.Tensor,
+        reduce: bool = True,
     ) -> torch.Tensor:
-        """L2 between the true and the predicted noise at the given timesteps."""
+        """L2 between the true and the predicted noise at the given timesteps (Min-SNR weighted if set);
+        per example (B,) unless `reduce`."""
         alphas_cumprod: torch.Tensor = self.alphas_cumprod  # type: ignore[assignment]
         alpha_bar = alphas_cumprod[timesteps].to(latents.dtype)[:, None, None, None]
         noisy = alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * noise  # q(x_t | x_0)
         predicted = self.unet(noisy, timesteps, encoder_hidden_states=context).sample
-        return F.mse_loss(predicted.float(), noise.float())
+        per_example = F.mse_loss(predicted.float(), noise.float(), reduction="none").mean((1, 2, 3))
+        if self.hparams["min_snr_gamma"] is not None:
+            per_example = per_example * min_snr_weights(
+                alphas_cumprod, timesteps, self.hparams["min_snr_gamma"]
+            )
+        return per_example.mean() if reduce else per_example
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        size = batch["mean"].shape[0]
+        size = batch["latent"].shape[0]
         flip = torch.rand(size, device=self.device) < 0.5 if self.hparams["flip"] else None
         latents = self.latents(batch, flip)
-        context, _ = drop_context(build_context(batch["query"], batch["neighbors"]), self.hparams["p_uncond"])
+        neighbors = batch["neighbors"]  # (B, k, D)
+        if self.hparams["k_min"] is not None:
+            neighbors = random_k(neighbors, self.hparams["k_min"])
+        context, _ = drop_context(neighbor_context(neighbors), self.hparams["p_uncond"])
         timesteps = torch.randint(0, TRAIN_TIMESTEPS, (size,), device=self.device)
         loss = self.loss(latents, context, timesteps, torch.randn_like(latents))
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        # the same noise and timesteps at every validation, so the curve shows the model, not the draw
-        size = batch["mean"].shape[0]
+        """The loss with each image's own neighbours and with another image's: the gap is how much the
+        model reads its context. The same noise and timesteps every time, so curves show the model."""
+        size = batch["latent"].shape[0]
         generator = torch.Generator().manual_seed(batch_idx)
-        eps = torch.randn(batch["std"].shape, generator=generator).to(self.device)
-        latents = (batch["mean"] + batch["std"] * eps) * self.hparams["scale_factor"]
+        latents = self.latents(batch)
         timesteps = torch.linspace(0, TRAIN_TIMESTEPS - 1, size).long().to(self.device)
         noise = torch.randn(latents.shape, generator=generator).to(self.device)
-        context = build_context(batch["query"], batch["neighbors"])
+        context = neighbor_context(batch["neighbors"])
+        shuffled = context.roll(1, dims=0)  # (B, k, D): the previous image's neighbours
         loss = self.loss(latents, context, timesteps, noise)
         self.log("val/loss", loss, prog_bar=True, batch_size=size, sync_dist=True)
+        if size > 1:
+            wrong = self.loss(latents, shuffled, timesteps, noise)
+            self.log("val/loss_shuffled_context", wrong, batch_size=size, sync_dist=True)
 
     def sample(
         self, context: torch.Tensor, steps: int = 50, guidance_scale: float = 5.0, seed: int = 0
     ) -> torch.Tensor:
-        """Scaled latents (B, C, h, w) for contexts (B, 1+k, D), by DDIM with guidance; image i from
+        """Scaled latents (B, C, h, w) for contexts (B, T, D), by DDIM with guidance; image i from
         seed + i."""
         noise = seeded_noise(tuple(self.hparams["latent_shape"]), [seed + i for i in range(len(context))])
         return denoise(self.unet, ddim(self.schedule.config), context, noise, steps, guidance_scale)
 
     def configure_optimizers(self) -> Any:
+        from diffusers.optimization import get_constant_schedule_with_warmup
+
         optimizer = torch.optim.AdamW(
             self.unet.parameters(), lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"]
         )
-        warmup = max(1, self.hparams["warmup_steps"])
         # the reference's LambdaLinearScheduler: a linear warm-up, then the constant base rate
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        schedule = get_constant_schedule_with_warmup(optimizer, num_warmup_steps=self.hparams["warmup_steps"])
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": schedule, "interval": "step", "name": "train/lr"},

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from rdm.diffusion.guidance import denoise, seeded_noise
+from rdm.diffusion.schedule import make_sampler
 from rdm.errors import UserError
-from rdm.sampling.denoise import denoise, make_sampler, seeded_noise
 
 CARD = "rdm.json"
 
@@ -75,7 +76,7 @@ class RetrievalDiffusionModel:
         seed: int | Sequence[int] = 0,
         sampler: str = "ddim",
     ) -> np.ndarray:
-        """Contexts (B, 1+k, D), L2-normalised, query first -> images (B, H, W, 3) uint8.
+        """Contexts (B, T, D), L2-normalised (query first, then its neighbours) -> images (B, H, W, 3) uint8.
         Image i is drawn from `seed[i]` (or `seed + i`) and depends on nothing else in the batch."""
         from rdm.models.autoencoder import decode
 

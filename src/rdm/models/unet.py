@@ -16,12 +16,19 @@ def build(
 ) -> UNet2DConditionModel:
     """A fresh UNet for latents (latent_channels, latent_size, latent_size) and context vectors of
     `context_dim`. Levels with `cross_attention` get a transformer block (self- and cross-attention)
-    after each ResNet block, as in the reference's SpatialTransformer levels."""
+    after each ResNet block, as in the reference's SpatialTransformer levels; `pooled_context` also feeds
+    a pooled summary of the context into the timestep embedding."""
     from diffusers import UNet2DConditionModel as UNet
 
     down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in params.cross_attention)
     up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(params.cross_attention))
     heads = tuple(c // params.head_channels for c in params.block_out_channels)
+    pooled: dict[str, Any] = {}
+    if params.pooled_context:
+        pooled = {
+            "addition_embed_type": "text",
+            "addition_embed_type_num_heads": max(1, context_dim // params.head_channels),
+        }
     return UNet(
         sample_size=latent_size,
         in_channels=latent_channels,
@@ -34,4 +41,5 @@ def build(
         attention_head_dim=heads,
         cross_attention_dim=context_dim,
         norm_num_groups=params.norm_groups,
+        **pooled,
     )

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from rdm.diffusion.context import QueryMode, sampling_context
 from rdm.errors import UserError
 
 if TYPE_CHECKING:
@@ -24,39 +24,49 @@ if TYPE_CHECKING:
     from rdm.retrieval.store import Hit
 
 
-def build_context(query: torch.Tensor, neighbors: torch.Tensor) -> torch.Tensor:
-    """(B, D) query and (B, k, D) neighbours -> the L2-normalised context (B, 1+k, D), query first."""
-    return F.normalize(torch.cat([query[:, None], neighbors], dim=1), dim=-1)
-
-
 @dataclass(frozen=True)
 class Conditioning:
     context: torch.Tensor
-    """(B, 1+k, D): each query's vector, then its neighbours', most similar first."""
+    """(B, T, D): each query's vector, then its neighbours', most similar first (`with_neighbors`,
+    T = 1+k), the neighbours alone (T = k) or the query alone (T = 1)."""
     hits: list[list[Hit]]
     """The neighbours of each query: image ids, scores and payloads (style, caption, path)."""
 
 
 class ContextBuilder:
-    """Turns queries into model contexts by retrieving their k nearest neighbours in a collection."""
+    """Turns queries into model contexts by retrieving their k nearest neighbours in a collection.
+    `query` (`sample.query`) says which tokens the context holds; a call may override it."""
 
-    def __init__(self, retriever: Retriever, k: int) -> None:
+    def __init__(self, retriever: Retriever, k: int, query: QueryMode = "with_neighbors") -> None:
         self.retriever = retriever
         self.k = k
+        self.query = query
 
-    def for_texts(self, texts: Sequence[str], collection: str) -> Conditioning:
-        return self.for_vectors(self.retriever.embed_texts(texts), collection)
+    def for_texts(
+        self, texts: Sequence[str], collection: str, query: QueryMode | None = None
+    ) -> Conditioning:
+        return self.for_vectors(self.retriever.embed_texts(texts), collection, query)
 
-    def for_images(self, images: Sequence[Image.Image | Path], collection: str) -> Conditioning:
-        return self.for_vectors(self.retriever.embed_images(images), collection)
+    def for_images(
+        self, images: Sequence[Image.Image | Path], collection: str, query: QueryMode | None = None
+    ) -> Conditioning:
+        return self.for_vectors(self.retriever.embed_images(images), collection, query)
 
-    def for_vectors(self, queries: np.ndarray, collection: str) -> Conditioning:
-        """(B, D) query vectors -> their contexts in `collection`."""
-        query = torch.from_numpy(np.asarray(queries, dtype=np.float32))
-        if self.k == 0:
-            self.retriever.store.require(collection)
-            no_neighbors = torch.empty(len(query), 0, query.shape[1])
-            return Conditioning(build_context(query, no_neighbors), [[] for _ in query])
+    def for_vectors(
+        self, queries: np.ndarray, collection: str | None, query: QueryMode | None = None
+    ) -> Conditioning:
+        """(B, D) query vectors -> their contexts in `collection` (none needed for `query_only`)."""
+        mode = query or self.query
+        vectors = torch.from_numpy(np.asarray(queries, dtype=np.float32))  # (B, D)
+        if mode == "query_only" or self.k == 0:
+            if mode == "neighbors_only":
+                raise UserError("sample.query neighbors_only needs k >= 1 neighbours; raise sample.k (or -k)")
+            if collection is not None:
+                self.retriever.store.require(collection)
+            no_neighbors = torch.empty(len(vectors), 0, vectors.shape[1])
+            return Conditioning(sampling_context(vectors, no_neighbors, "query_only"), [[] for _ in vectors])
+        if collection is None:
+            raise UserError(f"sample.query {mode} retrieves neighbours: name a collection")
         hits = self.retriever.by_vectors(queries, collection, self.k, with_vectors=True)
         found = min(len(row) for row in hits)
         if found < self.k:
@@ -64,6 +74,6 @@ class ContextBuilder:
                 f"collection {collection!r} returned {found} neighbours but k is {self.k}: it holds too few "
                 "images; lower sample.k (or -k) or add images to the collection"
             )
-        vectors = [np.stack([np.asarray(hit.vector) for hit in row]) for row in hits]  # asked with vectors
-        neighbors = torch.from_numpy(np.stack(vectors).astype(np.float32))
-        return Conditioning(build_context(query, neighbors), hits)
+        rows = [np.stack([np.asarray(hit.vector) for hit in row]) for row in hits]  # asked with vectors
+        neighbors = torch.from_numpy(np.stack(rows).astype(np.float32))  # (B, k, D)
+        return Conditioning(sampling_context(vectors, neighbors, mode), hits)

@@ -1,34 +1,40 @@
 """`autoencoder` stage: the latent space the diffusion model works in.
 
 Loads a pretrained diffusers AutoencoderKL (`autoencoder.pretrained`) or trains a small one on the
-training images; measures the latent scale factor on those images and the reconstruction PSNR on
-D_train images it never saw; writes the autoencoder to `autoencoder.out` (a diffusers folder whose
-`scaling_factor` is the measured one) and, if `autoencoder.latents` is set, caches the training
-images' latent posteriors, mirrored and not, for the `train` stage.
+training images; measures the latent scale factor on those images, and on images it never saw (D_train,
+and every style collection, held-out styles included) the reconstruction PSNR and whether colours
+survive; writes reconstructions of style images for the evaluation's ceiling, the autoencoder to
+`autoencoder.out` (a diffusers folder whose `scaling_factor` is the measured one) and, if
+`autoencoder.latents` is set, caches the training images' latents (posterior mode), mirrored and not,
+for the `train` stage.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from rdm.config import AutoencoderParams
 from rdm.data.manifest import read_manifest
 from rdm.embedding.encode import load_images
 from rdm.embedding.model import resolve_device
-from rdm.files import atomic_write_bytes, write_json
+from rdm.files import atomic_write_bytes, write_json, write_jsonl
 from rdm.models import autoencoder as ae
 from rdm.models.autoencoder import AutoencoderError
 
 CARD = "rdm_autoencoder.json"
 PSNR_IMAGES = 256
-LATENT_FIELDS = ("mean", "std", "mean_flipped", "std_flipped")
+RECONSTRUCTED_PER_STYLE = 40
+RECONSTRUCTIONS = "reconstructions.jsonl"
+LATENT_FIELDS = ("latent", "latent_flipped")
 
 
 def run(params: AutoencoderParams, prepared: Path, progress: bool = True) -> dict[str, Any]:
@@ -46,33 +52,74 @@ def run(params: AutoencoderParams, prepared: Path, progress: bool = True) -> dic
         report |= {"steps": params.steps, "final_loss": round(float(np.mean(history[-20:])), 4)}
     vae.to(device).eval()
 
-    mean, std = ae.encode(vae, images, device)
-    sample = slice(0, params.scale_batches * params.batch_size)
-    scale = ae.scale_factor(mean[sample], std[sample], params.seed)
+    latents = ae.encode(vae, images, device)  # (N, C, h, w) posterior mode
+    scale = ae.scale_factor(latents)
     vae.register_to_config(scaling_factor=scale)
     vae.cpu().save_pretrained(params.out)
     vae.to(device)
-
-    d_train = read_manifest(prepared / "d_train.parquet").head(PSNR_IMAGES)
-    unseen = load_images([prepared / p for p in d_train["path"]], params.image_size)
-    latent_shape = list(mean.shape[1:])
-    report |= {
-        "scale_factor": round(scale, 6),
-        "latent_shape": latent_shape,
-        "psnr_db": round(ae.psnr(vae, unseen, device), 2),
-        "psnr_images": len(unseen),
-    }
+    latent_shape = list(latents.shape[1:])
+    report |= {"scale_factor": round(scale, 6), "latent_shape": latent_shape}
+    report |= reconstruction_report(vae, params, prepared, device)
     card = {k: report[k] for k in ("source", "image_size", "scale_factor", "latent_shape")}
     (Path(params.out) / CARD).write_text(json.dumps(card, indent=2) + "\n")
     if params.latents is not None:
-        mean_flipped, std_flipped = ae.encode(vae, images.flip(-1), device)
-        save_latents(Path(params.latents), list(train["id"]), mean, std, mean_flipped, std_flipped)
+        flipped = ae.encode(vae, images.flip(-1), device)
+        save_latents(Path(params.latents), list(train["id"]), latents, flipped)
     write_json(Path(params.metrics), report)
     print(
         f"autoencoder: {report['source']}, latents {latent_shape} (x{params.image_size // latent_shape[-1]} "
-        f"smaller), scale factor {scale:.4f}, held-out PSNR {report['psnr_db']} dB, "
+        f"smaller), scale factor {scale:.4f}, held-out PSNR {report['psnr_db']} dB, colour kept in "
+        f"{report['colour_kept']:.0%} (D_train) and {report['styles']['colour_kept']:.0%} (style "
+        "collections), "
         f"in {time.perf_counter() - started:.0f} s -> {params.out}"
     )
+    return report
+
+
+def reconstruction_report(
+    vae: ae.AutoencoderKL, params: AutoencoderParams, prepared: Path, device: torch.device
+) -> dict[str, Any]:
+    """How much of the images survives the latent, on images the autoencoder never saw: PSNR and the
+    colour check on D_train, and per style on each collection's first images by id, whose reconstructions
+    are written to `reconstructions` for the evaluation's ceiling (the style classifier on them)."""
+    d_train = read_manifest(prepared / "d_train.parquet").head(PSNR_IMAGES)
+    unseen = load_images([prepared / p for p in d_train["path"]], params.image_size)
+    restored = ae.reconstruct(vae, unseen, device)
+    report: dict[str, Any] = {
+        "psnr_db": round(ae.psnr(restored, unseen), 2),
+        "colour_kept": round(ae.colour_kept(restored, unseen), 4),
+        "psnr_images": len(unseen),
+    }
+    styles_path = prepared / "styles.parquet"
+    if not styles_path.is_file():
+        return report
+    styles = read_manifest(styles_path).sort_values("id")
+    chosen = styles.groupby("style", sort=True).head(RECONSTRUCTED_PER_STYLE)
+    originals = load_images([prepared / p for p in chosen["path"]], params.image_size)
+    restored = ae.reconstruct(vae, originals, device)
+    folder = Path(params.reconstructions)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    records = []
+    for n, (image_id, style) in enumerate(zip(chosen["id"], chosen["style"], strict=True)):
+        file = f"{style}-{image_id[:12]}.png"
+        Image.fromarray(restored[n].permute(1, 2, 0).numpy()).save(folder / file)
+        records.append({"file": file, "style": str(style), "id": str(image_id)})
+    write_jsonl(folder / RECONSTRUCTIONS, records)
+    labels = chosen["style"].to_numpy()
+    per_style = {
+        str(style): {
+            "psnr_db": round(ae.psnr(restored[labels == style], originals[labels == style]), 2),
+            "colour_kept": round(ae.colour_kept(restored[labels == style], originals[labels == style]), 4),
+        }
+        for style in sorted(set(labels))
+    }
+    report["styles"] = {
+        "psnr_db": round(ae.psnr(restored, originals), 2),
+        "colour_kept": round(ae.colour_kept(restored, originals), 4),
+        "images": len(originals),
+        "per_style": per_style,
+    }
     return report
 
 
@@ -87,7 +134,7 @@ def read_card(folder: Path) -> dict[str, Any]:
 
 
 def save_latents(path: Path, ids: list[str], *tensors: torch.Tensor) -> None:
-    """ids (N,) and the posterior's mean, std, mean_flipped, std_flipped, each (N, C, h, w) float32."""
+    """ids (N,) and the latents of the images and of their mirror images, each (N, C, h, w) float32."""
     buffer = io.BytesIO()
     arrays: dict[str, Any] = {n: t.numpy() for n, t in zip(LATENT_FIELDS, tensors, strict=True)}
     np.savez(buffer, ids=np.asarray(ids, dtype=str), **arrays)

@@ -8,6 +8,7 @@ in the manifest, so the collection always ends equal to the manifest.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +96,15 @@ def fill_collection(
 
 
 def run(
-    params: EmbedParams, store_params: StoreParams, clip_dir: Path, prepared: Path, progress: bool = True
+    params: EmbedParams,
+    store_params: StoreParams,
+    clip_dir: Path,
+    prepared: Path,
+    progress: bool = True,
+    keep_out: Collection[str] = (),
 ) -> dict[str, Any]:
+    """Embed every split and fill the collections. `keep_out`: style images that no collection may hold
+    (the style classifier's share, `rdm.evaluation.split.classifier_ids`); they are still embedded."""
     clip = clip_model.load(clip_dir, params.device)
     manifests = {split: read_manifest(prepared / f"{split}.parquet") for split in SPLITS}
     chunks = {split: VectorChunks(Path(params.out) / split, clip.card) for split in SPLITS}
@@ -105,9 +113,10 @@ def run(
         report["embedded"][split] = embed_split(
             clip, manifests[split], prepared, chunks[split], params, split, progress
         )
+    retrievable = manifests["styles"][~manifests["styles"]["id"].isin(set(keep_out))]
     collections = {D_TRAIN: (manifests["d_train"], chunks["d_train"])} | {
         style_collection(style): (rows, chunks["styles"])
-        for style, rows in manifests["styles"].groupby("style", sort=True)
+        for style, rows in retrievable.groupby("style", sort=True)
     }
     with open_store(store_params) as store:
         report["collections"] = {

@@ -20,6 +20,7 @@ import pandas as pd
 from rdm.config import Config
 from rdm.data.manifest import read_manifest
 from rdm.data.s3 import is_s3_uri
+from rdm.evaluation.split import classifier_share
 from rdm.files import exclusive, write_json
 from rdm.retrieval.store import style_collection
 from rdm.stages import embed, prepare
@@ -69,8 +70,9 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     with exclusive(Path(config.store.path) / ".locks" / "refresh.lock", "the style collections"):
         before = _sources_by_style(manifest)
         prepare.run(config.prepare, config.s3, progress)
+        keep_out = classifier_share(config)
         embedded = embed.run(
-            config.embed, config.store, Path(config.clip.out), Path(config.prepare.out), progress
+            config.embed, config.store, Path(config.clip.out), Path(config.prepare.out), progress, keep_out
         )
         after = _sources_by_style(manifest)
         rejected = _rejected_by_style(Path(config.prepare.rejected), config.prepare.sources.styles)

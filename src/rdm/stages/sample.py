@@ -1,8 +1,11 @@
-"""`sample` stage: for every style collection, `sample.per_style` images by retrieval from it and as
-many by the postfix baseline, from the trained model `train.out`, for the `evaluate` stage to score.
+"""`sample` stage: for every style collection, `sample.per_style` images by each of `sample.methods`
+(retrieval from it, the postfix baseline on D_train, the postfix text alone) and `sample.floor_per_style`
+of each floor (the null context; retrieval from another style's collection), from the trained model
+`train.out`, for the `evaluate` stage to score.
 
 Output (`sample.out`): images/*.png, samples.jsonl (one line per image: prompt, style, method, seed,
-neighbours, model) and grid-<method>.png (styles as columns, prompts and seeds as rows).
+collection, context, neighbours, model) and grid-<method>.png (styles as columns, prompts and seeds
+as rows).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 from rdm.config import Config, PrepareParams
 from rdm.data.manifest import read_manifest
 from rdm.errors import UserError
-from rdm.sampling.batch import METHODS, open_sampler, plan
+from rdm.sampling.batch import FLOORS, open_sampler, plan
 from rdm.sampling.grid import write_grids
 from rdm.sampling.source import open_model
 
@@ -50,9 +53,9 @@ def run(
     prompts: list[str] | None = None,
     styles: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Sample every style by both methods. The stage uses the model just trained (`train.out`), the
-    evaluation prompts and every style; a batch (the sample-styles flow) may name a registered
-    `model`, its own `prompts` and a subset of `styles`."""
+    """Sample every style by every method and floor. The stage uses the model just trained
+    (`train.out`), the evaluation prompts and every style; a batch (the sample-styles flow) may name a
+    registered `model`, its own `prompts` and a subset of `styles`."""
     params = config.sample
     started = time.perf_counter()
     rdm_model, info = open_model(model or config.train.out, config, params.device)
@@ -65,9 +68,11 @@ def run(
     requests = plan(
         prompts or evaluation_prompts(config.prepare),
         styles or known,
-        METHODS,
+        params.methods,
         params.per_style,
         params.seed,
+        params.floor_per_style,
+        known,
     )
     out = Path(params.out)
     if out.exists():
@@ -77,8 +82,10 @@ def run(
         records = sampler.draw(requests, out, progress)
         drawn = time.perf_counter() - drawing
     write_grids(records, out, params.grid_rows)
+    drawn_floors = [f for f in FLOORS if any(r.method == f for r in requests)]
     print(
-        f"sample: {len(records)} images ({params.per_style} per style and method, {params.sampler} "
+        f"sample: {len(records)} images ({params.per_style} per style of {', '.join(params.methods)}; "
+        f"{params.floor_per_style} of {', '.join(drawn_floors) or 'no floors'}; {params.sampler} "
         f"{params.steps} steps, scale {params.guidance_scale}, k {params.k}) in "
         f"{time.perf_counter() - started:.0f} s ({len(records) / drawn:.1f} img/s) -> {out}"
     )

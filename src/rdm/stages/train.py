@@ -24,13 +24,13 @@ import torch
 from rdm.config import Config, TrainParams
 from rdm.data.manifest import read_manifest
 from rdm.data.training import RetrievalDataModule, TrainingTensors
+from rdm.diffusion.context import neighbor_context
 from rdm.embedding import model as clip_model
 from rdm.embedding.vectors import VectorChunks
 from rdm.errors import UserError
 from rdm.files import write_json
 from rdm.models.diffusion import RetrievalDiffusion
 from rdm.models.package import ModelCard, save_model
-from rdm.sampling.context import build_context
 from rdm.stages import autoencoder as autoencoder_stage
 from rdm.stages.neighbors import read_neighbors
 
@@ -60,8 +60,8 @@ class TrainError(UserError):
 
 
 def training_tensors(config: Config, clip_card: clip_model.ClipCard) -> TrainingTensors:
-    """Latents, query embeddings and neighbour embeddings of every training image, checked against
-    the params: the neighbours file must hold at least train.k neighbours from this CLIP."""
+    """Latents and neighbour embeddings of every training image, checked against the params: the
+    neighbours file must hold at least train.k neighbours from this CLIP."""
     prepared = Path(config.prepare.out)
     ids = list(read_manifest(prepared / "train.parquet")["id"])
     k = config.train.k
@@ -90,12 +90,11 @@ def training_tensors(config: Config, clip_card: clip_model.ClipCard) -> Training
     neighbor_ids = table.column("neighbor_ids").to_pylist()
     chosen = [neighbor_ids[rows[i]][:k] for i in ids]  # (N, k) ids
     embeddings = Path(config.embed.out)
-    query = VectorChunks(embeddings / "train", clip_card).vectors_for(ids)  # (N, D)
     flat = [n for row in chosen for n in row]
     database = VectorChunks(embeddings / "d_train", clip_card).vectors_for(flat)  # (N*k, D)
     neighbors = torch.from_numpy(database).reshape(len(ids), k, clip_card.embed_dim)
     latents = _latents(config, ids)
-    return TrainingTensors(ids, **latents, query=torch.from_numpy(query), neighbors=neighbors)
+    return TrainingTensors(ids, **latents, neighbors=neighbors)
 
 
 def _latents(config: Config, ids: list[str]) -> dict[str, torch.Tensor]:
@@ -111,9 +110,7 @@ def _latents(config: Config, ids: list[str]) -> dict[str, torch.Tensor]:
     images = load_images(paths, config.autoencoder.image_size)
     device = clip_model.resolve_device(config.autoencoder.device)
     vae = AutoencoderKL.from_pretrained(config.autoencoder.out, low_cpu_mem_usage=False).to(device).eval()
-    mean, std = encode(vae, images, device)
-    mean_flipped, std_flipped = encode(vae, images.flip(-1), device)
-    return {"mean": mean, "std": std, "mean_flipped": mean_flipped, "std_flipped": std_flipped}
+    return {"latent": encode(vae, images, device), "latent_flipped": encode(vae, images.flip(-1), device)}
 
 
 def identity(config: Config, clip_card: clip_model.ClipCard) -> str:
@@ -142,13 +139,18 @@ def prepare_checkpoints(folder: Path, run_identity: str) -> bool:
     return False
 
 
+def ema_averaging(decay: float) -> L.Callback:
+    """EMA of the weights after every optimiser step, as one fused `_foreach_lerp_` over all of them
+    (Lightning's EMAWeightAveraging updates parameter by parameter: thousands of small kernels a step
+    at paper size)."""
+    from lightning.pytorch.callbacks import WeightAveraging
+    from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+    return WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(decay))
+
+
 def trainer_for(params: TrainParams, callbacks: list[L.Callback], logger: Any, progress: bool) -> L.Trainer:
-    from lightning.pytorch.callbacks import (
-        EMAWeightAveraging,
-        LearningRateMonitor,
-        ModelCheckpoint,
-        ThroughputMonitor,
-    )
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
 
     on_gpu = params.accelerator == "gpu" or (params.accelerator == "auto" and torch.cuda.is_available())
     precision = params.precision if params.precision != "auto" else ("bf16-mixed" if on_gpu else "32-true")
@@ -170,7 +172,7 @@ def trainer_for(params: TrainParams, callbacks: list[L.Callback], logger: Any, p
         enable_progress_bar=progress,
         default_root_dir=params.checkpoints,
         callbacks=[
-            EMAWeightAveraging(decay=params.ema_decay),
+            ema_averaging(params.ema_decay),
             ModelCheckpoint(
                 dirpath=params.checkpoints,
                 every_n_train_steps=params.checkpoint_every_n_steps,
@@ -178,7 +180,7 @@ def trainer_for(params: TrainParams, callbacks: list[L.Callback], logger: Any, p
                 save_top_k=0,
             ),
             ThroughputMonitor(
-                batch_size_fn=lambda batch: batch["mean"].shape[0], window_size=20, separator="/"
+                batch_size_fn=lambda batch: batch["latent"].shape[0], window_size=20, separator="/"
             ),
             *([LearningRateMonitor(logging_interval="step")] if logger else []),
             *callbacks,
@@ -222,6 +224,8 @@ def _train(config: Config, progress: bool) -> dict[str, Any]:
         lr=params.lr,
         warmup_steps=params.warmup_steps,
         weight_decay=params.weight_decay,
+        k_min=params.k_min,
+        min_snr_gamma=params.min_snr_gamma,
     )
     data = RetrievalDataModule(tensors, params.batch_size, params.val_images, params.workers, params.seed)
 
@@ -229,11 +233,11 @@ def _train(config: Config, progress: bool) -> dict[str, Any]:
     checkpoints = Path(params.checkpoints)
     vae = AutoencoderKL.from_pretrained(config.autoencoder.out, low_cpu_mem_usage=False).eval()
     shown = data.val.subset(torch.arange(min(GRID_IMAGES, len(data.val.ids))))
-    references = decode(vae, shown.mean * ae_card["scale_factor"], ae_card["scale_factor"])
+    references = decode(vae, shown.latent * ae_card["scale_factor"], ae_card["scale_factor"])
     grid = SampleGrid(
         vae,
         references,
-        build_context(shown.query, shown.neighbors),
+        neighbor_context(shown.neighbors),
         checkpoints / "samples.png",
         params.sample_steps,
         params.guidance_scale,

@@ -2,12 +2,15 @@
 
 Output (under `GenerateParams.out`):
     train/manifest.csv + train/images/*.png      training images (manifest: path, caption, style, content)
-    d_train/manifest.csv + d_train/images/*.png  the training database D_train, a mix of styles
+    d_train/manifest.csv + d_train/images/*.png  the training database D_train: general (mostly ordinary
+                                                 renderings, each seen style a few percent), disjoint
+                                                 from the training images, of the same distribution
     styles/<style>/*.png + *.txt                 one folder per style (ImageFolder, as ArtBench ships),
                                                  each image with a caption file beside it
     prompts.csv                                  evaluation prompts (prompt, content, color)
 
-Held-out styles appear only under `styles/`. Every image has its own random stream derived from
+Held-out styles appear only under `styles/`: never in training images, D_train or any caption.
+Every image has its own random stream derived from
 (seed, split, index), so the bytes depend on the seed alone, not on order or parallelism.
 """
 
@@ -76,13 +79,16 @@ def plan(params: GenerateParams) -> dict[str, list[Artwork]]:
 
 
 def _mixed_split(split: str, count: int, styles: list[str], params: GenerateParams) -> list[Artwork]:
+    """`style_fraction` of `count` in each seen style, the rest in the general renderings, shuffled."""
     rng = np.random.default_rng([params.seed, SPLIT_CODES[split]])
-    n_plain = round(count * params.plain_fraction)
-    assigned = ["plain"] * n_plain + [styles[i % len(styles)] for i in range(count - n_plain)]
+    per_style = round(count * params.style_fraction)
+    styled = [style for style in styles for _ in range(per_style)]
+    general = [params.general[i % len(params.general)] for i in range(count - len(styled))]
+    assigned = styled + general
     rng.shuffle(assigned)
     names_style = rng.random(count) < params.style_caption_fraction
     return [
-        Artwork(split, i, content, color, style, bool(named and style != "plain"))
+        Artwork(split, i, content, color, style, bool(named and style not in params.general))
         for i, ((content, color), style, named) in enumerate(
             zip(_contents(count, rng), assigned, names_style, strict=True)
         )

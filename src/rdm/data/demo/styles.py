@@ -57,6 +57,30 @@ def plain(scene: Scene, rng: np.random.Generator) -> np.ndarray:
     return _to_uint8(_blend(scene.mask, scene.fg, scene.bg))
 
 
+def shaded(scene: Scene, rng: np.random.Generator) -> np.ndarray:
+    """Soft light from one side and a drop shadow: the demo's stand-in for an ordinary photograph."""
+    h, w = scene.mask.shape
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32) / max(h, w)
+    angle = rng.uniform(0, 2 * np.pi)
+    light = 0.8 + 0.35 * ((x - 0.5) * np.cos(angle) + (y - 0.5) * np.sin(angle))  # (H, W)
+    shift = max(2, w // 24)
+    shadow = _blur(np.roll(scene.mask, (shift, shift), axis=(0, 1)), w / 40) * 0.35
+    ground = scene.bg * (1.0 - shadow[..., None]) * (0.95 + 0.1 * light[..., None])
+    img = _blend(scene.mask, scene.fg * light[..., None], ground)
+    return _to_uint8(img + _grain((h, w), 2.0, rng))
+
+
+def sketch(scene: Scene, rng: np.random.Generator) -> np.ndarray:
+    """A pencil outline with a pale colour wash, on white: the stand-in for a drawing or diagram."""
+    h, w = scene.mask.shape
+    outline = np.clip(_dilate(scene.mask, 3) - scene.mask, 0, 1)
+    wobbly = outline * (0.6 + 0.4 * _smooth_noise((h, w), 12, rng))
+    white = np.array([250, 250, 248], dtype=np.float32)
+    img = _blend(scene.mask * 0.45, scene.fg, np.broadcast_to(white, (h, w, 3)))
+    img = _blend(wobbly, np.array([60, 60, 64], dtype=np.float32), img)
+    return _to_uint8(img + _grain((h, w), 2.0, rng))
+
+
 def pointillism(scene: Scene, rng: np.random.Generator) -> np.ndarray:
     """Dense dots of jittered colour on bare canvas (Seurat)."""
     h, w = scene.mask.shape
@@ -177,6 +201,8 @@ def ukiyo_e(scene: Scene, rng: np.random.Generator) -> np.ndarray:
 
 RENDERERS: dict[str, Renderer] = {
     "plain": plain,
+    "shaded": shaded,
+    "sketch": sketch,
     "pointillism": pointillism,
     "hatching": hatching,
     "mosaic": mosaic,
@@ -187,10 +213,15 @@ RENDERERS: dict[str, Renderer] = {
 }
 
 STYLE_NAMES: tuple[str, ...] = tuple(RENDERERS)
+GENERAL_RENDERINGS: tuple[str, ...] = ("plain", "shaded", "sketch")
+"""Ordinary renderings that make up most of the training images and D_train (the paper's LAION):
+never a style collection."""
 
 # How captions (and the postfix baseline, "... in the style of X") name each style.
 STYLE_WORDS: dict[str, str] = {
     "plain": "plain",
+    "shaded": "shaded",
+    "sketch": "sketch",
     "pointillism": "pointillism",
     "hatching": "ink hatching",
     "mosaic": "mosaic",
