@@ -1,6 +1,7 @@
 """`sample-styles`: a batch of prompts x styles from a registered model (by alias or version), each
-style by retrieval and by the postfix baseline, scored by the style evaluation and logged to the
-model's MLflow run. Outputs go to `data/batches/<flow run name>/` (outside the DVC pipeline)."""
+style by every method of `sample.methods` (retrieval and the postfix baselines) and the floors
+(`sample.floor_per_style` each of null and other_style), scored by the style evaluation and logged to
+the model's MLflow run. Outputs go to `data/batches/<flow run name>/` (outside the DVC pipeline)."""
 
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ def sample_styles(
 ) -> dict[str, Any]:
     """`model`: models:/NAME@ALIAS, models:/NAME/VERSION or a model folder (default `sample.model`).
     `prompts`: the evaluation prompts when empty. `styles`: every style collection when empty.
-    `per_style`: default `sample.per_style`."""
+    `per_style`: samples per style and method, default `sample.per_style` (the floors keep
+    `sample.floor_per_style`)."""
     out = project() / "data" / "batches" / f"{flow_run.get_name()}-{str(flow_run.get_id())[:8]}"
     model = model or config().sample.model
     cfg = batch_config(model, per_style, str(out))

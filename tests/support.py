@@ -106,7 +106,10 @@ def run_pipeline(config: Config, train_model: bool = False) -> None:
     generate.run(config.generate, progress=False)
     prepare.run(config.prepare, config.s3, progress=False)
     clip.run(config.clip, Path(config.prepare.out), progress=False)
-    embed.run(config.embed, config.store, Path(config.clip.out), Path(config.prepare.out), progress=False)
+    from rdm.evaluation.split import classifier_share
+
+    keep_out = classifier_share(config)  # as `rdm embed`: the style classifier's images stay out
+    embed.run(config.embed, config.store, Path(config.clip.out), Path(config.prepare.out), False, keep_out)
     neighbors.run(config.neighbors, config.embed, Path(config.clip.out), Path(config.prepare.out), False)
     autoencoder.run(config.autoencoder, Path(config.prepare.out), progress=False)
     if train_model:

@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
         "neighbors": ("k nearest D_train neighbours of each training image", _neighbors),
         "autoencoder": ("load or train the KL autoencoder, cache latents", _autoencoder),
         "train": ("train the retrieval-conditioned diffusion model", _train),
-        "sample-styles": ("sample every style by retrieval and by postfix, for evaluate", _sample_stage),
+        "sample-styles": ("sample every style by each method and floor, for evaluate", _sample_stage),
         "evaluate": ("score the samples: style classifier, Frechet distance, CLIP score", _evaluate),
     }
     for verb, (description, func) in stages.items():

@@ -1,7 +1,8 @@
 """The refresh of the style collections from an S3 bucket (moto's server): images added, changed and
 deleted in the bucket, `rdm refresh` (what the refresh-style-collections flow runs) leaves each
-collection holding exactly the bucket's good images, a reader searching all the while sees the old
-collection or the new one and never a mix, and a second refresh at the same time is refused."""
+collection holding exactly the bucket's good images but the style classifier's share (which the embed
+stage leaves out of every collection), a reader searching all the while sees the old collection or the
+new one and never a mix, and a second refresh at the same time is refused."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 from PIL import Image
 
 from rdm.config import load_config
+from rdm.evaluation.split import classifier_ids, classifier_share
 from rdm.retrieval.store import open_store, style_collection
 from rdm.stages import clip, embed, generate, prepare
 from tests.support import rdm_env, work_in, write_params
@@ -61,26 +63,42 @@ def test_refresh_follows_the_bucket_atomically_one_at_a_time(
         client.put_object(Bucket=BUCKET, Key=f"styles/{path.relative_to(raw_styles)}", Body=path.read_bytes())
     prepare.run(config.prepare, config.s3, progress=False)
     clip.run(config.clip, Path(config.prepare.out), progress=False)
-    embed.run(config.embed, config.store, Path(config.clip.out), Path(config.prepare.out), progress=False)
+    keep_out = classifier_share(config)  # as `rdm embed` (the DVC stage) fills the collections
+    embed.run(config.embed, config.store, Path(config.clip.out), Path(config.prepare.out), False, keep_out)
+    share, seed = config.evaluate.classifier_share, config.evaluate.split_seed
+
+    def retrievable(ids: set[str]) -> set[str]:
+        """What a collection holds of these images: all but the style classifier's share."""
+        return ids - classifier_ids(ids, share, seed)
+
+    def in_collection(png: bytes) -> bool:
+        return bool(retrievable({hashlib.sha256(png).hexdigest()}))
 
     grown, changed, shrunk = "neon", "mosaic", "hatching"
     names = {s: style_collection(s) for s in (grown, changed, shrunk)}
     with open_store(config.store) as store:
         before = {s: store.ids(name) for s, name in names.items()}
-    assert before[grown] == bucket_ids(client, grown)
+    assert before[grown] == retrievable(bucket_ids(client, grown))
 
-    def key(style: str, index: int) -> str:
-        return client.list_objects_v2(Bucket=BUCKET, Prefix=f"styles/{style}/")["Contents"][index]["Key"]
+    def keys(style: str) -> list[str]:
+        listed = client.list_objects_v2(Bucket=BUCKET, Prefix=f"styles/{style}/")["Contents"]
+        return [o["Key"] for o in listed]
 
     def read(k: str) -> bytes:
         return client.get_object(Bucket=BUCKET, Key=k)["Body"].read()
 
-    client.put_object(Bucket=BUCKET, Key=f"styles/{grown}/new-1.png", Body=flipped(read(key(grown, 0))))
-    client.put_object(Bucket=BUCKET, Key=f"styles/{grown}/new-2.png", Body=flipped(read(key(grown, 1))))
+    # edits of images outside the classifier's share, so that every collection really changes
+    new = [png for png in (flipped(read(k)) for k in keys(grown)) if in_collection(png)][:2]
+    to_change = next(k for k in keys(changed) if in_collection(flipped(read(k))))
+    to_delete = next(k for k in keys(shrunk) if in_collection(read(k)))
+    assert len(new) == 2
+    client.put_object(Bucket=BUCKET, Key=f"styles/{grown}/new-1.png", Body=new[0])
+    client.put_object(Bucket=BUCKET, Key=f"styles/{grown}/new-2.png", Body=new[1])
     client.put_object(Bucket=BUCKET, Key=f"styles/{grown}/broken.png", Body=b"not an image at all\n" * 10)
-    client.put_object(Bucket=BUCKET, Key=key(changed, 0), Body=flipped(read(key(changed, 0))))
-    client.delete_object(Bucket=BUCKET, Key=key(shrunk, 0))
-    after = {s: bucket_ids(client, s) for s in names}
+    client.put_object(Bucket=BUCKET, Key=to_change, Body=flipped(read(to_change)))
+    client.delete_object(Bucket=BUCKET, Key=to_delete)
+    after = {s: retrievable(bucket_ids(client, s)) for s in names}
+    assert all(after[s] != before[s] for s in names)
 
     seen: list[dict[str, frozenset[str]]] = []
     stop = threading.Event()
