@@ -330,11 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="--unconditional: the most retrieved share of D_train to draw from (default sample.top_m: 0.01)",
     )
     smp.add_argument("-k", type=int, help="neighbours retrieved (default sample.k: 19)")
-    smp.add_argument("--steps", type=int, help="sampler steps (default sample.steps: 50)")
+    smp.add_argument("--steps", type=int, help="sampler steps (default sample.steps: 20)")
     smp.add_argument(
         "--scale", type=float, help="classifier-free guidance scale (default sample.guidance_scale: 5)"
     )
-    smp.add_argument("--sampler", choices=["ddim", "dpm"], help="default sample.sampler: ddim")
+    smp.add_argument("--sampler", choices=["ddim", "dpm"], help="default sample.sampler: dpm")
     smp.add_argument("--seed", type=int, default=0)
     smp.add_argument("--compile", action="store_true", help="torch.compile the UNet (worth it on a GPU)")
     smp.add_argument("--model", help="models:/rdm@latest (default sample.model), a model folder, or a .ckpt")
