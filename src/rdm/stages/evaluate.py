@@ -198,7 +198,7 @@ def run(config: Config, progress: bool = True, run_name: str | None = None) -> d
         "classifier_share": params.classifier_share,
         "retrievable_images": len(styles) - len(kept_back),
         "borrowed_images": len(borrowed),
-        # 0 once the style collections leave out `classifier_ids`; until then, how much retrieval used them
+        # 0 when the collections leave out `classifier_ids` (as `rdm embed` does): a check that they do
         "neighbors_in_classifier_share": round(sum(n in kept_back for n in neighbors) / len(neighbors), 4)
         if neighbors
         else None,
