@@ -244,6 +244,11 @@ class UNetParams(Section):
     """Also add an attention-pooled summary of the context to the timestep embedding, so every ResNet
     block (levels without cross-attention too) is steered by it (diffusers' `addition_embed_type:
     text`). Not in the reference, whose UNet reads the context by cross-attention alone."""
+    context_projection: bool = False
+    """Pass the context through a learned linear map that starts as sqrt(D) times the identity, so the
+    cross-attention meets unit-variance tokens from unit-norm CLIP vectors from its first step (their
+    raw components are about 1/sqrt(D): keys and values near zero, attention uniform). Not in the
+    reference, which has a GPU-week to grow its key and value weights instead."""
 
     @model_validator(mode="after")
     def _one_flag_per_level(self) -> UNetParams:
@@ -285,6 +290,10 @@ class TrainParams(Section):
     min_snr_gamma: Annotated[float, Field(gt=0.0)] | None = None
     """Min-SNR loss weighting (Hang et al. 2023: weight min(SNR, gamma) / SNR for epsilon); null is the
     reference's plain L2."""
+    noise_offset: Annotated[float, Field(ge=0.0)] = 0.0
+    """Std of a per-channel constant added to the training noise (offset noise): the schedule's last
+    step keeps a trace of each image's mean, which the model learns to read from the noise, so at
+    sampling the seed, not the context, would set brightness and background. 0 is the reference."""
     val_images: Annotated[int, Field(ge=1)] = 32
     """Training images kept apart for the validation loss and the sample grids."""
     val_every_n_steps: PositiveInt = 250

@@ -29,6 +29,15 @@ def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma
     return snr.clamp(max=gamma) / snr
 
 
+def offset_noise(latents: torch.Tensor, offset: float) -> torch.Tensor:
+    """Training noise like `latents` (B, C, h, w): standard normal, plus a constant per image and channel
+    of std `offset` (Guttenberg's offset noise), so that the noise, not only the image, moves the mean."""
+    noise = torch.randn_like(latents)
+    if offset:
+        noise = noise + offset * torch.randn(*latents.shape[:2], 1, 1, device=latents.device)
+    return noise
+
+
 class RetrievalDiffusion(L.LightningModule):
     """Epsilon-prediction latent diffusion conditioned by cross-attention on retrieved CLIP vectors."""
 
@@ -45,6 +54,7 @@ class RetrievalDiffusion(L.LightningModule):
         weight_decay: float = 0.01,
         k_min: int | None = None,
         min_snr_gamma: float | None = None,
+        noise_offset: float = 0.0,
     ) -> None:
         super().__init__()
         # plain values only, so checkpoints load with torch's safe (weights-only) unpickler
@@ -93,7 +103,8 @@ class RetrievalDiffusion(L.LightningModule):
             neighbors = random_k(neighbors, self.hparams["k_min"])
         context, _ = drop_context(neighbor_context(neighbors), self.hparams["p_uncond"])
         timesteps = torch.randint(0, TRAIN_TIMESTEPS, (size,), device=self.device)
-        loss = self.loss(latents, context, timesteps, torch.randn_like(latents))
+        noise = offset_noise(latents, self.hparams["noise_offset"])
+        loss = self.loss(latents, context, timesteps, noise)
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         return loss
 

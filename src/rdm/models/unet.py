@@ -17,7 +17,9 @@ def build(
     """A fresh UNet for latents (latent_channels, latent_size, latent_size) and context vectors of
     `context_dim`. Levels with `cross_attention` get a transformer block (self- and cross-attention)
     after each ResNet block, as in the reference's SpatialTransformer levels; `pooled_context` also feeds
-    a pooled summary of the context into the timestep embedding."""
+    a pooled summary of the context into the timestep embedding; `context_projection` adds a learned
+    map in front of the cross-attention, starting at sqrt(context_dim) times the identity."""
+    import torch
     from diffusers import UNet2DConditionModel as UNet
 
     down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in params.cross_attention)
@@ -29,7 +31,10 @@ def build(
             "addition_embed_type": "text",
             "addition_embed_type_num_heads": max(1, context_dim // params.head_channels),
         }
-    return UNet(
+    projection: dict[str, Any] = {}
+    if params.context_projection:
+        projection = {"encoder_hid_dim": context_dim, "encoder_hid_dim_type": "text_proj"}
+    unet: UNet2DConditionModel = UNet(
         sample_size=latent_size,
         in_channels=latent_channels,
         out_channels=latent_channels,
@@ -42,4 +47,10 @@ def build(
         cross_attention_dim=context_dim,
         norm_num_groups=params.norm_groups,
         **pooled,
+        **projection,
     )
+    if params.context_projection:
+        with torch.no_grad():
+            unet.encoder_hid_proj.weight.copy_(torch.eye(context_dim) * context_dim**0.5)
+            unet.encoder_hid_proj.bias.zero_()
+    return unet

@@ -226,6 +226,7 @@ def _train(config: Config, progress: bool) -> dict[str, Any]:
         weight_decay=params.weight_decay,
         k_min=params.k_min,
         min_snr_gamma=params.min_snr_gamma,
+        noise_offset=params.noise_offset,
     )
     data = RetrievalDataModule(tensors, params.batch_size, params.val_images, params.workers, params.seed)
 
@@ -283,18 +284,22 @@ def _train(config: Config, progress: bool) -> dict[str, Any]:
     save_model(out, module.unet, vae, module.schedule, card)
     grid.out = out / "samples.png"
     grid.draw(trainer, module.eval())
-    metrics = {k: round(float(v), 5) for k, v in trainer.callback_metrics.items() if "/" in k}
+    reported = ("train/loss", "val/loss", "val/loss_shuffled_context")
+    metrics = {k: round(float(v), 5) for k, v in trainer.callback_metrics.items() if k in reported}
     if start_step >= params.max_steps and logger:  # trained earlier: the losses its run logged last
         logged = logger.experiment.get_run(logger.run_id).data.metrics
-        metrics = {k: round(float(v), 5) for k, v in logged.items() if k in ("train/loss", "val/loss")}
+        metrics = {k: round(float(v), 5) for k, v in logged.items() if k in reported}
     report: dict[str, Any] = {
         "steps": card.steps,
         "resumed_from_step": start_step,
         "train_images": len(data.train.ids),
         "unet_parameters": sum(p.numel() for p in module.unet.parameters()),
         "k": params.k,
-        **{k: v for k, v in metrics.items() if k in ("train/loss", "val/loss")},
+        **metrics,
     }
+    if "val/loss_shuffled_context" in metrics and metrics["val/loss"] > 0:
+        # how much worse the model denoises with another image's neighbours: it reads its context
+        report["context_gain"] = round(metrics["val/loss_shuffled_context"] / metrics["val/loss"] - 1, 4)
     if config.tracking.enabled:
         report["registered"] = _register(config, logger, out, card)
     write_json(Path(params.metrics), {k: v for k, v in report.items() if k != "registered"})
