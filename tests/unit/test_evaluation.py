@@ -19,7 +19,7 @@ from rdm.evaluation.classifier import FittedClassifier, fit_classifier, holdout_
 from rdm.evaluation.labels import colour_from_caption, hits
 from rdm.evaluation.metrics import frechet_distance
 from rdm.evaluation.report import compare_methods, format_table, style_differences, summary
-from rdm.evaluation.scores import ceiling, sample_scores, score_table
+from rdm.evaluation.scores import ceiling, context_hits, sample_scores, score_table
 from rdm.evaluation.split import classifier_ids
 from rdm.sampling.batch import METHODS, NULL, OTHER_STYLE, POSTFIX, POSTFIX_TEXT, RETRIEVAL, Request, plan
 from rdm.stages.evaluate import read_pixels, read_reconstructions, style_classifier
@@ -339,3 +339,24 @@ def test_params_yaml_evaluate_section_validates() -> None:
     assert 0 < params.classifier_share < 1 and params.bootstrap_resamples >= 100
     with pytest.raises(ConfigError, match="classifier_share"):
         config_from_dict({"evaluate": {"classifier_share": 1.0}})
+
+
+def test_context_hits_count_the_neighbours_the_judge_labels_as_the_prompt_asks(
+    judges: tuple[FittedClassifier, FittedClassifier],
+) -> None:
+    _, content = judges
+    vectors = {  # the content half is what the content judge reads
+        "circle-1": feature("neon", "circle"),
+        "circle-2": feature("hatching", "circle"),
+        "star-1": feature("neon", "star"),
+    }
+    records = [
+        {"prompt": "a circle", "neighbors": [{"id": "circle-1"}, {"id": "circle-2"}, {"id": "star-1"}]},
+        {"prompt": "a star", "neighbors": [{"id": "circle-1"}, {"id": "star-1"}]},
+        {"prompt": "a star", "neighbors": []},  # postfix_text: no neighbours
+        {"prompt": "a star", "neighbors": [{"id": "unknown"}]},  # a vector that is not there
+        {"prompt": "a moon", "neighbors": [{"id": "star-1"}]},  # a prompt that expects nothing
+    ]
+    shares = context_hits(records, vectors, {"content": (content, PROMPTS)})["context_content_hits"]
+    np.testing.assert_allclose(shares[:2], [2 / 3, 1 / 2])
+    assert np.isnan(shares[2:]).all()

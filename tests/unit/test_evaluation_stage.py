@@ -161,6 +161,7 @@ def test_evaluate_reports_intervals_floors_ceiling_labels_and_sensitivity(
     assert seen["styles"] == 2 and metrics["held_out_styles"]["styles"] == 1
     assert seen[RETRIEVAL]["accuracy"] == 1.0 and seen[POSTFIX]["accuracy"] == 0.5
     assert seen[RETRIEVAL]["content_hits"] == 1.0 and seen[RETRIEVAL]["colour_hits"] == 1.0
+    assert 0.0 <= seen[RETRIEVAL]["context_content_hits"] <= 1.0  # what the neighbours offered
     assert seen[f"{RETRIEVAL}_minus_{POSTFIX}"]["low"] > 0
     assert metrics["floors"][OTHER_STYLE]["collection_accuracy"]["estimate"] == 1.0
     assert metrics["ceiling"]["reconstructions"]["estimate"] == 1.0 and "originals" in metrics["ceiling"]

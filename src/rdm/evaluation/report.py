@@ -230,6 +230,10 @@ def _summary_lines(metrics: Mapping[str, Any]) -> list[str]:
         ]
         if intervals:  # reports from before the intervals have none
             lines.append(f"{'':15s} accuracy 95% CI: " + "  ".join(intervals))
+        offered = block.get(RETRIEVAL) or {}
+        if offered.get("context_content_hits") is not None:  # what retrieval's neighbours showed
+            content, colour = (_pct(offered.get(f"context_{n}_hits")) for n in ("content", "colour"))
+            lines.append(f"{'':15s} retr's neighbours show the prompt's content {content}, colour {colour}")
     floors = metrics.get("floors", {})
     if NULL in floors:
         lines.append(f"{'floor':15s} null context: target style {_ci(floors[NULL]['accuracy'])}")

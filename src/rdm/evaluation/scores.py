@@ -36,12 +36,24 @@ METRICS = (
     "on_style_neighbors",
     "content_hits",
     "colour_hits",
+    "context_content_hits",
+    "context_colour_hits",
     "collection_accuracy",
 )
 """Per style and method; `accuracy` and `target_logit` also with `_low` / `_high` (95 % interval)."""
 WITH_INTERVALS = ("accuracy", "target_logit")
-PLAIN_MEANS = ("clip_score", "on_style_neighbors", "content_hits", "colour_hits", "collection_accuracy")
-"""Per style and method, means without intervals (NaN where no sample has a value)."""
+PLAIN_MEANS = (
+    "clip_score",
+    "on_style_neighbors",
+    "content_hits",
+    "colour_hits",
+    "context_content_hits",
+    "context_colour_hits",
+    "collection_accuracy",
+)
+"""Per style and method, means without intervals (NaN where no sample has a value). `context_*_hits`:
+the share of a sample's retrieved neighbours that the judge labels as its prompt asks, what the
+context offered beside what the sample shows (`*_hits`)."""
 PAIR_KEY = ["prompt", "seed"]
 """What makes request i of one (style, method) the pair of request i of another (`plan`'s guarantee)."""
 
@@ -94,6 +106,27 @@ def sample_scores(
             judge.classifier.predict(features), [expected.get(r["prompt"]) for r in records]
         )
     return samples
+
+
+def context_hits(
+    records: Sequence[dict[str, Any]],
+    neighbor_vectors: Mapping[str, np.ndarray],
+    judges: Mapping[str, tuple[FittedClassifier, Mapping[str, str]]],
+) -> dict[str, np.ndarray]:
+    """Per judge, `context_<name>_hits` (N,): the share of each sample's neighbours (their (D,) vectors
+    by id) that the judge labels as the sample's prompt expects; NaN for a sample without neighbours,
+    with a neighbour of unknown vector, or whose prompt expects nothing."""
+    columns: dict[str, np.ndarray] = {}
+    for name, (judge, expected) in judges.items():
+        shares = np.full(len(records), np.nan)
+        for n, record in enumerate(records):
+            ids = [str(m["id"]) for m in record.get("neighbors", [])]
+            wanted = expected.get(record["prompt"])
+            if ids and wanted is not None and all(i in neighbor_vectors for i in ids):
+                labels = judge.classifier.predict(np.stack([neighbor_vectors[i] for i in ids]))
+                shares[n] = float(np.mean([label == wanted for label in labels]))
+        columns[f"context_{name}_hits"] = shares
+    return columns
 
 
 def _collection_style(collection: str | None) -> str | None:

@@ -38,7 +38,7 @@ from rdm.evaluation.charts import draw_charts
 from rdm.evaluation.classifier import FittedClassifier, fit_classifier
 from rdm.evaluation.labels import colour_from_caption
 from rdm.evaluation.report import classifier_report, compare_methods, format_table, style_differences, summary
-from rdm.evaluation.scores import ceiling, sample_scores, score_table
+from rdm.evaluation.scores import ceiling, context_hits, sample_scores, score_table
 from rdm.evaluation.sensitivity import conditioning_sensitivity
 from rdm.evaluation.split import classifier_ids, classifier_images
 from rdm.files import write_json
@@ -119,6 +119,17 @@ def style_classifier(
     return fitted, train, borrowed, references
 
 
+def _neighbor_vectors(records: list[dict[str, Any]], chunks: list[VectorChunks]) -> dict[str, np.ndarray]:
+    """The (D,) vector of every neighbour the samples were conditioned on, from the collections'
+    embeddings (style images and D_train); ids found in none are left out."""
+    wanted = {str(n["id"]) for r in records for n in r.get("neighbors", [])}
+    found: dict[str, np.ndarray] = {}
+    for source in chunks:
+        ids, vectors = source.read_all()
+        found |= {str(i): vectors[n] for n, i in enumerate(ids) if str(i) in wanted}
+    return found
+
+
 def label_judges(
     config: Config, chunks: VectorChunks, device: str
 ) -> tuple[dict[str, tuple[FittedClassifier, dict[str, str]]], dict[str, Any]]:
@@ -189,6 +200,11 @@ def run(config: Config, progress: bool = True, run_name: str | None = None) -> d
 
     # 3. the scores, per sample, per style and method, and the summary
     samples = sample_scores(records, features, prompt_vectors, fitted, judges)
+    neighbor_vectors = _neighbor_vectors(
+        records, [style_chunks, VectorChunks(embeddings / "d_train", clip.card)]
+    )
+    for column, shares in context_hits(records, neighbor_vectors, judges).items():
+        samples[column] = shares
     table = score_table(samples, features, references, held_out, **boot)
     comparison = compare_methods(table, style_differences(samples, **boot))
     metrics = summary(samples, table, fitted, **boot)
