@@ -14,8 +14,9 @@ install: $(STAMP)
 # Reinstalls only when the dependency pins change. requirements.lock pins every transitive package.
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	# --no-compile: Python compiles what it imports on first use, not all of torch up front; with the
+	# venv's own pip (no upgrade) a fresh install takes 2 min 13 s instead of about 2 min 55 (measured)
+	$(VENV)/bin/python -m pip install --quiet --no-compile -c requirements.lock -e '.[dev]'
 	@touch $@
 
 demo: install  ## run the pipeline on the built-in demo data (dvc repro), then print the style table

@@ -17,8 +17,10 @@ Every image has its own random stream derived from
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,29 +130,48 @@ def generate_demo(params: GenerateParams, out: Path | None = None, progress: boo
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     planned = plan(params)
-    total = sum(len(arts) for arts in planned.values())
-    with tqdm(total=total, desc="generate", unit="img", disable=not progress) as bar:
-        for split in ("train", "d_train"):
-            rows = []
-            for art in planned[split]:
-                image, caption = render(art, params.image_size, params.seed)
-                rel = f"images/{art.index:06d}.png"
-                _save_png(image, staging / split / rel)
-                rows.append({"path": rel, "caption": caption, "style": art.style, "content": art.content})
-                bar.update()
-            _write_csv(staging / split / "manifest.csv", rows)
-        for art in planned["styles"]:
-            image, caption = render(art, params.image_size, params.seed)
-            stem = staging / "styles" / art.style / f"{art.index:06d}"
-            _save_png(image, stem.with_suffix(".png"))
-            stem.with_suffix(".txt").write_text(caption + "\n")
-            bar.update()
+    jobs = [
+        (art, params.image_size, params.seed, staging / _file(split, art))
+        for split in planned
+        for art in planned[split]
+    ]
+    # each image is fixed by its own seed, so one process per core draws the same bytes
+    with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
+        drawn = pool.map(_render_to, jobs, chunksize=64)
+        texts = list(tqdm(drawn, total=len(jobs), desc="generate", unit="img", disable=not progress))
+    caption = dict(zip((path for *_, path in jobs), texts, strict=True))  # PNG path -> caption
+    for split in ("train", "d_train"):
+        rows = []
+        for art in planned[split]:
+            path = _file(split, art)
+            row = {"path": str(path.relative_to(split)), "caption": caption[staging / path]}
+            rows.append(row | {"style": art.style, "content": art.content})
+        _write_csv(staging / split / "manifest.csv", rows)
+    for art in planned["styles"]:
+        png = staging / _file("styles", art)
+        png.with_suffix(".txt").write_text(caption[png] + "\n")
     prompts = eval_prompts(params)
     _write_csv(staging / "prompts.csv", prompts)
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
     counts = {split: len(arts) for split, arts in planned.items()} | {"prompts": len(prompts)}
     return DemoSummary(out=out, counts=counts)
+
+
+def _file(split: str, art: Artwork) -> Path:
+    """An artwork's PNG below the output folder: `<split>/images/` (train and d_train, whose
+    manifest.csv names it relative to the split), or `styles/<style>/` (beside its caption .txt)."""
+    if split == "styles":
+        return Path("styles", art.style, f"{art.index:06d}.png")
+    return Path(split, "images", f"{art.index:06d}.png")
+
+
+def _render_to(job: tuple[Artwork, int, int, Path]) -> str:
+    """Render one artwork into its PNG file; its caption."""
+    art, image_size, seed, path = job
+    image, caption = render(art, image_size, seed)
+    _save_png(image, path)
+    return caption
 
 
 def _save_png(image: Image.Image, path: Path) -> None:
