@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="--unconditional: the most retrieved share of D_train to draw from (default sample.top_m: 0.01)",
     )
     smp.add_argument("-k", type=int, help="neighbours retrieved (default sample.k: 19)")
-    smp.add_argument("--steps", type=int, help="sampler steps (default sample.steps: 20)")
+    smp.add_argument("--steps", type=int, help="sampler steps (default sample.steps: 16)")
     smp.add_argument(
         "--scale", type=float, help="classifier-free guidance scale (default sample.guidance_scale: 5)"
     )
