@@ -28,19 +28,6 @@ from rdm.sampling.batch import FLOORS, POSTFIX, POSTFIX_TEXT, RETRIEVAL, on_styl
 BASELINES = (POSTFIX, POSTFIX_TEXT)
 """What retrieval is compared with, pair by pair."""
 METHOD_ORDER = (RETRIEVAL, *BASELINES, *FLOORS)
-METRICS = (
-    "accuracy",
-    "target_logit",
-    "frechet",
-    "clip_score",
-    "on_style_neighbors",
-    "content_hits",
-    "colour_hits",
-    "context_content_hits",
-    "context_colour_hits",
-    "collection_accuracy",
-)
-"""Per style and method; `accuracy` and `target_logit` also with `_low` / `_high` (95 % interval)."""
 WITH_INTERVALS = ("accuracy", "target_logit")
 PLAIN_MEANS = (
     "clip_score",
@@ -54,6 +41,8 @@ PLAIN_MEANS = (
 """Per style and method, means without intervals (NaN where no sample has a value). `context_*_hits`:
 the share of a sample's retrieved neighbours that the judge labels as its prompt asks, what the
 context offered beside what the sample shows (`*_hits`)."""
+METRICS = (*WITH_INTERVALS, "frechet", *PLAIN_MEANS)
+"""Per style and method; `accuracy` and `target_logit` also with `_low` / `_high` (95 % interval)."""
 PAIR_KEY = ["prompt", "seed"]
 """What makes request i of one (style, method) the pair of request i of another (`plan`'s guarantee)."""
 
