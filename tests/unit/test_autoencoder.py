@@ -31,7 +31,7 @@ def tiny_params(tiny_config: Config, **overrides: object) -> AutoencoderParams:
 def test_training_lowers_the_reconstruction_loss(tiny_config: Config, prepared: Path) -> None:
     params = tiny_params(tiny_config, steps=80)
     report = autoencoder.run(params, prepared, progress=False)
-    assert report["source"] == "trained" and report["latent_shape"] == [4, 16, 16]
+    assert report["source"] == "trained" and report["latent_shape"] == [params.latent_channels, 16, 16]
     torch.manual_seed(params.seed)
     untrained = ae.build(params)
     rows = read_manifest(prepared / "d_train.parquet")
@@ -90,7 +90,7 @@ def test_a_pretrained_folder_is_used_as_is_and_its_latents_cached(
     assert saved.config.scaling_factor == pytest.approx(report["scale_factor"], rel=1e-5)
     ids = list(read_manifest(prepared / "train.parquet")["id"])
     latents = autoencoder.load_latents(Path(params.latents), ids[::-1])
-    assert latents["latent"].shape == (len(ids), 4, 16, 16)
+    assert latents["latent"].shape == (len(ids), params.latent_channels, 16, 16)
     scaled = latents["latent"] * report["scale_factor"]
     assert scaled.std().item() == pytest.approx(1.0, abs=0.15)
     assert not torch.allclose(latents["latent"], latents["latent_flipped"])
