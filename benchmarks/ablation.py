@@ -82,7 +82,9 @@ def main() -> None:
     parser.add_argument("stage", choices=["autoencoder", "train", "sample"])
     parser.add_argument("--model", help="sample: the model folder to sample (default: this run's train.out)")
     parser.add_argument("--name", required=True)
-    parser.add_argument("--set", nargs="*", default=[], help="dotted params changes: train.k=8")
+    parser.add_argument(
+        "--set", nargs="+", action="extend", default=[], help="dotted params changes: train.k=8 (repeatable)"
+    )
     parser.add_argument("--per-style", type=int, default=20, help="samples per style and method (train)")
     args = parser.parse_args()
 

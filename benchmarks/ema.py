@@ -29,12 +29,12 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn, get_ema_multi_avg_fn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train import PAPER, StepTimer, synthetic  # noqa: E402
+from train import PAPER, StepTimer, synthetic
 
-from rdm.config import Config, load_config  # noqa: E402
-from rdm.data.training import RetrievalDataModule  # noqa: E402
-from rdm.models.diffusion import RetrievalDiffusion  # noqa: E402
-from rdm.stages.train import ema_averaging, trainer_for  # noqa: E402
+from rdm.config import Config, load_config
+from rdm.data.training import RetrievalDataModule
+from rdm.models.diffusion import RetrievalDiffusion
+from rdm.stages.train import ema_averaging, trainer_for
 
 DECAY = 0.995
 
@@ -74,7 +74,9 @@ def loop_step_ms(config: Config, fused: bool, steps: int, warmup: int = 10) -> f
     unet, latent_shape, dim = shapes(config, "demo")
     batch, k = config.train.batch_size, config.train.k
     torch.manual_seed(0)
-    module = RetrievalDiffusion(unet=unet.model_dump(), latent_shape=latent_shape, context_dim=dim, scale_factor=1.0)
+    module = RetrievalDiffusion(
+        unet=unet.model_dump(), latent_shape=latent_shape, context_dim=dim, scale_factor=1.0
+    )
     data = RetrievalDataModule(synthetic(batch * 16 + 1, latent_shape, k, dim), batch, 1)
     with tempfile.TemporaryDirectory() as tmp:
         params = config.train.model_copy(
@@ -94,7 +96,9 @@ def loop_step_ms(config: Config, fused: bool, steps: int, warmup: int = 10) -> f
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", choices=["demo", "paper", "both"], default="both")
     parser.add_argument("--updates", type=int, default=30, help="timed EMA updates for each")
     parser.add_argument("--steps", type=int, default=60, help="training steps per loop run (demo)")
@@ -115,7 +119,10 @@ def main() -> None:
         for fused in (False, True):
             name = "fused" if fused else "per_parameter"
             row[f"update_ms_{name}"] = round(update_ms(model, fused, args.updates), 2)
-            print(f"{size}: {tensors} tensors, {millions:.1f}M, EMA update {name}: {row[f'update_ms_{name}']} ms")
+            print(
+                f"{size}: {tensors} tensors, {millions:.1f}M, EMA update {name}: "
+                f"{row[f'update_ms_{name}']} ms"
+            )
         if size == "demo":
             for fused in (False, True):
                 name = "fused" if fused else "per_parameter"

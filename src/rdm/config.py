@@ -284,6 +284,9 @@ class TrainParams(Section):
     max_steps: PositiveInt = 1500
     lr: Annotated[float, Field(gt=0.0)] = 4e-4
     warmup_steps: Annotated[int, Field(ge=0)] = 100
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """After the warm-up: `constant` (the reference's LambdaLinearScheduler) or `cosine` decay to zero
+    at max_steps, which a short fixed budget favours."""
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.01
     grad_clip: Annotated[float, Field(gt=0.0)] = 1.0
     ema_decay: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.995

@@ -162,6 +162,25 @@ def test_min_snr_weights_cap_the_clean_timesteps() -> None:
     assert weights[0] < 0.01 and weights[-1] == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("name", ["constant", "cosine"])
+def test_learning_rate_warms_up_then_holds_or_decays_to_zero(name: str) -> None:
+    module = tiny_module(lr=1e-3, warmup_steps=10, lr_schedule=name, max_steps=100)
+    setup = module.configure_optimizers()
+    optimizer, schedule = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
+    rates = []
+    for _ in range(100):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[0] == 0.0 and rates[5] == pytest.approx(5e-4)  # a linear warm-up over 10 steps
+    assert rates[10] == pytest.approx(1e-3)
+    if name == "constant":
+        assert rates[-1] == pytest.approx(1e-3)
+    else:  # half the base rate halfway through the decay, nearly zero at max_steps
+        assert rates[55] == pytest.approx(5e-4)
+        assert rates[-1] < 1e-6
+
+
 def test_loss_falls_on_a_tiny_overfit_set(tmp_path: Path) -> None:
     module = tiny_module(p_uncond=0.0, flip=False, warmup_steps=5)
     data = DataLoader(TensorRows(tiny_tensors(8)), batch_size=8, shuffle=True)

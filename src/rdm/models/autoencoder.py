@@ -120,7 +120,7 @@ def train(
 
     generator = torch.Generator().manual_seed(params.seed)
     vae.to(device).train()
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=params.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=params.lr, weight_decay=0.0, fused=True)
     # constant after warm-up: within a CPU budget the model is far from converged, and a decaying rate
     # (cosine, measured) stops it learning colour early
     schedule = get_constant_schedule_with_warmup(optimizer, max(1, params.steps // 20))

@@ -51,6 +51,8 @@ class RetrievalDiffusion(L.LightningModule):
         flip: bool = True,
         lr: float = 1e-4,
         warmup_steps: int = 100,
+        lr_schedule: str = "constant",
+        max_steps: int | None = None,
         weight_decay: float = 0.01,
         k_min: int | None = None,
         min_snr_gamma: float | None = None,
@@ -133,13 +135,22 @@ class RetrievalDiffusion(L.LightningModule):
         return denoise(self.unet, ddim(self.schedule.config), context, noise, steps, guidance_scale)
 
     def configure_optimizers(self) -> Any:
-        from diffusers.optimization import get_constant_schedule_with_warmup
+        from diffusers.optimization import get_scheduler
 
+        # fused: one kernel for all parameters (on 2 CPU cores 5 ms a step instead of 21)
         optimizer = torch.optim.AdamW(
-            self.unet.parameters(), lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"]
+            self.unet.parameters(),
+            lr=self.hparams["lr"],
+            weight_decay=self.hparams["weight_decay"],
+            fused=True,
         )
-        # the reference's LambdaLinearScheduler: a linear warm-up, then the constant base rate
-        schedule = get_constant_schedule_with_warmup(optimizer, num_warmup_steps=self.hparams["warmup_steps"])
+        # constant: the reference's LambdaLinearScheduler (a linear warm-up, then the base rate)
+        schedule = get_scheduler(
+            {"constant": "constant_with_warmup", "cosine": "cosine"}[self.hparams["lr_schedule"]],
+            optimizer,
+            num_warmup_steps=self.hparams["warmup_steps"],
+            num_training_steps=self.hparams["max_steps"],
+        )
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": schedule, "interval": "step", "name": "train/lr"},

@@ -223,6 +223,8 @@ def _train(config: Config, progress: bool) -> dict[str, Any]:
         flip=params.flip,
         lr=params.lr,
         warmup_steps=params.warmup_steps,
+        lr_schedule=params.lr_schedule,
+        max_steps=params.max_steps,
         weight_decay=params.weight_decay,
         k_min=params.k_min,
         min_snr_gamma=params.min_snr_gamma,
