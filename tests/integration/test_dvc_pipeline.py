@@ -45,9 +45,11 @@ def test_repro_skips_when_unchanged_and_round_trips_the_remote(clone: tuple[Path
     started = time.perf_counter()
     again = run_ok(["dvc", "repro"], repo, env)
     elapsed = time.perf_counter() - started
-    assert "Stage 'generate' didn't change, skipping" in again
-    assert "Stage 'prepare' didn't change, skipping" in again
-    assert elapsed < 3.0, f"no-op dvc repro took {elapsed:.2f} s"
+    for stage in yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]:
+        assert f"Stage '{stage}' didn't change, skipping" in again
+    # seen: 1.1 s on an idle machine, 3.8 s beside another training; the bound is loose so that a
+    # loaded CI machine passes, while a stage that reran (minutes) would not
+    assert elapsed < 15.0, f"no-op dvc repro took {elapsed:.2f} s"
 
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["prepare"]["min_side"] = 16
