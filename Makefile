@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(VENV)/bin/python -m pip install --quiet --no-compile -c requirements.lock -e .
 	@touch $@
 
-# The test and lint tools (pytest, moto's server, ruff, mypy) on top: the demo does without them.
+# The test and lint tools (pytest, moto's server, ruff, mypy, import-linter) on top: the demo does without them.
 $(DEV_STAMP): $(STAMP)
 	$(VENV)/bin/python -m pip install --quiet --no-compile -c requirements.lock -e '.[dev]'
 	@touch $@
@@ -61,10 +61,11 @@ test: install-dev  ## the whole suite, slow end-to-end tests included (what CI r
 test-fast: install-dev
 	pytest -m "not slow"
 
-lint: install-dev
+lint: install-dev  ## ruff, mypy, and the architecture's import contracts (docs/architecture.md)
 	ruff check src flows tests
 	ruff format --check src flows tests
 	mypy
+	lint-imports
 
 format: install-dev
 	ruff check --fix src flows tests

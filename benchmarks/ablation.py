@@ -76,6 +76,20 @@ def run_stage(config: Config, stage: str, model: str | None) -> dict[str, Any]:
 
 
 def main() -> None:
+    args = parse_args()
+    folder = Path("ablations") / args.name
+    data = yaml.safe_load(Path("params.yaml").read_text())
+    data = with_changes(data, [*args.set, f"sample.per_style={args.per_style}"])
+    isolate(data, folder, args.stage)
+    config = config_from_dict(data, f"params.yaml + {args.set}")
+    started = time.perf_counter()
+    report = run_stage(config, args.stage, args.model)
+    metrics = numbers(report) | {"seconds": time.perf_counter() - started}
+    log_run(config, args.stage, args.name, args.set, metrics)
+    print(json.dumps(metrics))
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -86,27 +100,21 @@ def main() -> None:
         "--set", nargs="+", action="extend", default=[], help="dotted params changes: train.k=8 (repeatable)"
     )
     parser.add_argument("--per-style", type=int, default=20, help="samples per style and method (train)")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def log_run(config: Config, stage: str, name: str, changes: list[str], metrics: dict[str, float]) -> None:
+    """One run in the MLflow experiment `ablations`: the changes, the stage's params and its metrics."""
     import mlflow
 
-    folder = Path("ablations") / args.name
-    data = yaml.safe_load(Path("params.yaml").read_text())
-    data = with_changes(data, [*args.set, f"sample.per_style={args.per_style}"])
-    isolate(data, folder, args.stage)
-    config = config_from_dict(data, f"params.yaml + {args.set}")
-    started = time.perf_counter()
-    report = run_stage(config, args.stage, args.model)
-    metrics = numbers(report) | {"seconds": time.perf_counter() - started}
     mlflow.set_tracking_uri(config.tracking.tracking_uri)
     mlflow.set_experiment("ablations")
-    with mlflow.start_run(run_name=f"{args.stage}:{args.name}"):
-        mlflow.log_params({"stage": args.stage, "changes": " ".join(args.set)})
+    with mlflow.start_run(run_name=f"{stage}:{name}"):
+        mlflow.log_params({"stage": stage, "changes": " ".join(changes)})
         mlflow.log_params(
-            {k: v for k, v in flatten(config.model_dump(mode="json")).items() if k.startswith(args.stage)}
+            {k: v for k, v in flatten(config.model_dump(mode="json")).items() if k.startswith(stage)}
         )
         mlflow.log_metrics({k.replace("/", "_"): v for k, v in metrics.items()})
-    print(json.dumps(metrics))
 
 
 if __name__ == "__main__":

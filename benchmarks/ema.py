@@ -33,7 +33,7 @@ from train import PAPER, StepTimer, synthetic
 
 from rdm.config import Config, load_config
 from rdm.data.training import RetrievalDataModule
-from rdm.models.diffusion import RetrievalDiffusion
+from rdm.models.lightning_module import RdmLightningModule
 from rdm.stages.train import ema_averaging, trainer_for
 
 DECAY = 0.995
@@ -74,7 +74,7 @@ def loop_step_ms(config: Config, fused: bool, steps: int, warmup: int = 10) -> f
     unet, latent_shape, dim = shapes(config, "demo")
     batch, k = config.train.batch_size, config.train.k
     torch.manual_seed(0)
-    module = RetrievalDiffusion(
+    module = RdmLightningModule(
         unet=unet.model_dump(), latent_shape=latent_shape, context_dim=dim, scale_factor=1.0
     )
     data = RetrievalDataModule(synthetic(batch * 16 + 1, latent_shape, k, dim), batch, 1)
@@ -96,41 +96,46 @@ def loop_step_ms(config: Config, fused: bool, steps: int, warmup: int = 10) -> f
 
 
 def main() -> None:
+    args = parse_args()
+    config = load_config(Path(__file__).resolve().parents[1] / "params.yaml")
+    torch.set_grad_enabled(True)
+
+    result: dict[str, Any] = {"device": "cpu", "threads": torch.get_num_threads()}
+    for size in ("demo", "paper") if args.size == "both" else (args.size,):
+        result[size] = measure_size(config, size, args.updates, args.steps)
+    print(json.dumps(result))
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--size", choices=["demo", "paper", "both"], default="both")
     parser.add_argument("--updates", type=int, default=30, help="timed EMA updates for each")
     parser.add_argument("--steps", type=int, default=60, help="training steps per loop run (demo)")
-    args = parser.parse_args()
-    config = load_config(Path(__file__).resolve().parents[1] / "params.yaml")
-    torch.set_grad_enabled(True)
+    return parser.parse_args()
 
-    result: dict[str, Any] = {"device": "cpu", "threads": torch.get_num_threads()}
-    for size in ("demo", "paper") if args.size == "both" else (args.size,):
-        unet, latent_shape, dim = shapes(config, size)
-        module = RetrievalDiffusion(
-            unet=unet.model_dump(), latent_shape=latent_shape, context_dim=dim, scale_factor=1.0
-        )
-        model = copy.deepcopy(module.unet)
-        tensors = len(list(model.parameters()))
-        millions = sum(p.numel() for p in model.parameters()) / 1e6
-        row: dict[str, Any] = {"parameter_tensors": tensors, "parameters_m": round(millions, 1)}
+
+def measure_size(config: Config, size: str, updates: int, steps: int) -> dict[str, Any]:
+    """One size's row: its parameters, each EMA's update time, and for the demo each one's training step."""
+    unet, latent_shape, dim = shapes(config, size)
+    module = RdmLightningModule(
+        unet=unet.model_dump(), latent_shape=latent_shape, context_dim=dim, scale_factor=1.0
+    )
+    model = copy.deepcopy(module.unet)
+    tensors = len(list(model.parameters()))
+    millions = sum(p.numel() for p in model.parameters()) / 1e6
+    row: dict[str, Any] = {"parameter_tensors": tensors, "parameters_m": round(millions, 1)}
+    for fused in (False, True):
+        name = "fused" if fused else "per_parameter"
+        row[f"update_ms_{name}"] = round(update_ms(model, fused, updates), 2)
+        print(f"{size}: {tensors} tensors, {millions:.1f}M, EMA update {name}: {row[f'update_ms_{name}']} ms")
+    if size == "demo":
         for fused in (False, True):
             name = "fused" if fused else "per_parameter"
-            row[f"update_ms_{name}"] = round(update_ms(model, fused, args.updates), 2)
-            print(
-                f"{size}: {tensors} tensors, {millions:.1f}M, EMA update {name}: "
-                f"{row[f'update_ms_{name}']} ms"
-            )
-        if size == "demo":
-            for fused in (False, True):
-                name = "fused" if fused else "per_parameter"
-                row[f"step_ms_{name}"] = round(loop_step_ms(config, fused, args.steps), 1)
-                print(f"demo training step, EMA {name}: {row[f'step_ms_{name}']} ms")
-        result[size] = row
-        del model, module
-    print(json.dumps(result))
+            row[f"step_ms_{name}"] = round(loop_step_ms(config, fused, steps), 1)
+            print(f"demo training step, EMA {name}: {row[f'step_ms_{name}']} ms")
+    return row
 
 
 if __name__ == "__main__":

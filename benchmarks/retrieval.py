@@ -17,11 +17,12 @@ from collections.abc import Callable
 
 import numpy as np
 
+from rdm.artifacts.clip import ClipCard
 from rdm.config import StoreParams
-from rdm.embedding.model import ClipCard
+from rdm.retrieval.backends import open_store
 from rdm.retrieval.neighbors import exact_neighbors
 from rdm.retrieval.server import ServerStore
-from rdm.retrieval.store import VectorStore, open_store
+from rdm.retrieval.store import VectorStore
 
 
 def clustered(points: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -50,61 +51,16 @@ def fill(store: VectorStore, vectors: np.ndarray, card: ClipCard) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--points", type=int, default=100_000)
-    parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("-k", type=int, default=19)
-    parser.add_argument("--queries", type=int, default=300)
-    parser.add_argument("--local-queries", type=int, default=20, help="qdrant-client local mode is slow")
-    parser.add_argument("--neighbor-queries", type=int, default=10_000)
-    args = parser.parse_args()
-
+    args = parse_args()
     data = clustered(args.points + args.queries, args.dim)
     database, queries = data[: args.points], data[args.points :]
     card = ClipCard(model="bench", source="random", embed_dim=args.dim, fingerprint="bench")
     truth = np.argsort(-(queries @ database.T), axis=1)[:, : args.k]
 
-    with tempfile.TemporaryDirectory() as folder:
-        params = StoreParams(backend="edge", path=folder, exact_below=10_000)
-        with open_store(params) as edge:
-            build_s = fill(edge, database, card)
-            print(f"edge: upsert + HNSW build of {args.points} x {args.dim} in {build_s:.1f} s")
-            cold_ms = latencies_ms(lambda q: edge.query("bench", q[None], args.k), queries)
-            edge_ms = latencies_ms(
-                lambda q: edge.query("bench", q[None], args.k), queries
-            )  # warm: pages cached
-            hits = [edge.query("bench", q[None], args.k)[0] for q in queries]
-        found = [{int(h.id, 16) for h in row} for row in hits]
-        recall = float(
-            np.mean([len(f & set(t.tolist())) / args.k for f, t in zip(found, truth, strict=True)])
-        )
-    print(
-        f"edge: p50 {np.percentile(edge_ms, 50):.3f} ms, p99 {np.percentile(edge_ms, 99):.3f} ms, "
-        f"recall@{args.k} {recall:.4f} (first, cold pass: p50 {np.percentile(cold_ms, 50):.3f} ms)"
-    )
-
-    def numpy_exact(q: np.ndarray) -> np.ndarray:
-        scores = database @ q
-        top = np.argpartition(-scores, args.k)[: args.k]
-        return top[np.argsort(-scores[top])]
-
-    latencies_ms(numpy_exact, queries)
-    numpy_ms = latencies_ms(numpy_exact, queries)
-    print(f"numpy exact: p50 {np.percentile(numpy_ms, 50):.3f} ms")
-
-    local = ServerStore(StoreParams(backend="server"), ":memory:", None)
-    local_build_s = fill(local, database, card)
-    local_ms = latencies_ms(lambda q: local.query("bench", q[None], args.k), queries[: args.local_queries])
-    local.close()
-    print(f"qdrant-client local mode: upload {local_build_s:.1f} s, p50 {np.percentile(local_ms, 50):.1f} ms")
-
-    bulk = database[: args.neighbor_queries]
-    started = time.perf_counter()
-    exact_neighbors(bulk, database, args.k, duplicate_threshold=0.999, batch_size=1024)
-    neighbors_qps = len(bulk) / (time.perf_counter() - started)
-    print(f"neighbors (exact torch matmul): {neighbors_qps:.0f} queries/s against {args.points}")
+    edge_ms, recall = measure_edge(database, queries, truth, card, args.k)
+    numpy_ms = measure_numpy_exact(database, queries, args.k)
+    local_ms = measure_qdrant_local(database, queries[: args.local_queries], card, args.k)
+    neighbors_qps = measure_neighbors(database, args.neighbor_queries, args.k)
 
     print(
         json.dumps(
@@ -120,6 +76,75 @@ def main() -> None:
             }
         )
     )
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--points", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("-k", type=int, default=19)
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--local-queries", type=int, default=20, help="qdrant-client local mode is slow")
+    parser.add_argument("--neighbor-queries", type=int, default=10_000)
+    return parser.parse_args()
+
+
+def measure_edge(
+    database: np.ndarray, queries: np.ndarray, truth: np.ndarray, card: ClipCard, k: int
+) -> tuple[np.ndarray, float]:
+    """The embedded store's warm latencies (ms per query) and its recall@k against the exact `truth`."""
+    points, dim = database.shape
+    with tempfile.TemporaryDirectory() as folder:
+        params = StoreParams(backend="edge", path=folder, exact_below=10_000)
+        with open_store(params) as edge:
+            build_s = fill(edge, database, card)
+            print(f"edge: upsert + HNSW build of {points} x {dim} in {build_s:.1f} s")
+            cold_ms = latencies_ms(lambda q: edge.query("bench", q[None], k), queries)
+            edge_ms = latencies_ms(lambda q: edge.query("bench", q[None], k), queries)  # warm: pages cached
+            hits = [edge.query("bench", q[None], k)[0] for q in queries]
+        found = [{int(h.id, 16) for h in row} for row in hits]
+        recall = float(np.mean([len(f & set(t.tolist())) / k for f, t in zip(found, truth, strict=True)]))
+    print(
+        f"edge: p50 {np.percentile(edge_ms, 50):.3f} ms, p99 {np.percentile(edge_ms, 99):.3f} ms, "
+        f"recall@{k} {recall:.4f} (first, cold pass: p50 {np.percentile(cold_ms, 50):.3f} ms)"
+    )
+    return edge_ms, recall
+
+
+def measure_numpy_exact(database: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Latencies (ms per query) of an exact top-k in numpy, after a warm-up pass."""
+
+    def numpy_exact(q: np.ndarray) -> np.ndarray:
+        scores = database @ q
+        top = np.argpartition(-scores, k)[:k]
+        return top[np.argsort(-scores[top])]
+
+    latencies_ms(numpy_exact, queries)
+    numpy_ms = latencies_ms(numpy_exact, queries)
+    print(f"numpy exact: p50 {np.percentile(numpy_ms, 50):.3f} ms")
+    return numpy_ms
+
+
+def measure_qdrant_local(database: np.ndarray, queries: np.ndarray, card: ClipCard, k: int) -> np.ndarray:
+    """Latencies (ms per query) of qdrant-client's local (in-memory) mode, for comparison."""
+    local = ServerStore(StoreParams(backend="server"), ":memory:", None)
+    local_build_s = fill(local, database, card)
+    local_ms = latencies_ms(lambda q: local.query("bench", q[None], k), queries)
+    local.close()
+    print(f"qdrant-client local mode: upload {local_build_s:.1f} s, p50 {np.percentile(local_ms, 50):.1f} ms")
+    return local_ms
+
+
+def measure_neighbors(database: np.ndarray, queries: int, k: int) -> float:
+    """Queries per second of the neighbors stage's exact search, the first `queries` vectors against all."""
+    bulk = database[:queries]
+    started = time.perf_counter()
+    exact_neighbors(bulk, database, k, duplicate_threshold=0.999, batch_size=1024)
+    neighbors_qps = len(bulk) / (time.perf_counter() - started)
+    print(f"neighbors (exact torch matmul): {neighbors_qps:.0f} queries/s against {len(database)}")
+    return neighbors_qps
 
 
 if __name__ == "__main__":

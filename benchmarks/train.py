@@ -33,7 +33,7 @@ from lightning.fabric.utilities.throughput import get_available_flops, measure_f
 from rdm.config import Config, TrainParams, UNetParams, load_config
 from rdm.data.training import RetrievalDataModule, TrainingTensors
 from rdm.diffusion.context import neighbor_context
-from rdm.models.diffusion import RetrievalDiffusion
+from rdm.models.lightning_module import RdmLightningModule
 from rdm.stages.train import trainer_for
 
 PAPER = {
@@ -68,7 +68,7 @@ def synthetic(n: int, latent_shape: tuple[int, int, int], k: int, dim: int) -> T
 
 
 def one_round(
-    module: RetrievalDiffusion, data: RetrievalDataModule, params: TrainParams, tracked: bool, tmp: Path
+    module: RdmLightningModule, data: RetrievalDataModule, params: TrainParams, tracked: bool, tmp: Path
 ) -> list[float]:
     from lightning.pytorch.loggers import MLFlowLogger
 
@@ -91,6 +91,32 @@ def one_round(
 
 
 def main() -> None:
+    args = parse_args()
+    config: Config = load_config(Path(__file__).resolve().parents[1] / "params.yaml")
+    unet, latent_shape, dim, batch = model_shapes(config, args.size)
+    batch = args.batch_size or batch
+    k = config.train.k
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        params = round_params(config, unet, batch, args.steps, tmp)
+        data = RetrievalDataModule(synthetic(batch * 16 + 1, latent_shape, k, dim), batch, 1)
+        module = RdmLightningModule(
+            unet=unet.model_dump(), latent_shape=latent_shape, context_dim=dim, scale_factor=1.0
+        )
+        flops = flops_per_batch(module, batch, latent_shape, k, dim)
+        available = peak_flops()
+        print(
+            f"{args.size}: UNet {sum(p.numel() for p in module.unet.parameters()) / 1e6:.1f}M, "
+            f"latents {latent_shape}, batch {batch}, {flops / 1e9:.1f} GFLOPs per training step, "
+            f"device {device_name()}"
+        )
+        step_times = alternated_rounds(module, data, params, tmp, args.rounds, args.warmup)
+
+    print(json.dumps(summary(args.size, batch, flops, available, step_times)))
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -101,85 +127,87 @@ def main() -> None:
         "--rounds", type=int, default=3, help="rounds each with MLflow on and off, alternated"
     )
     parser.add_argument("--batch-size", type=int, default=None)
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    config: Config = load_config(Path(__file__).resolve().parents[1] / "params.yaml")
-    on_gpu = torch.cuda.is_available()
-    if args.size == "paper":
-        unet, latent_shape, dim, batch = (
-            PAPER["unet"],
-            PAPER["latent_shape"],
-            PAPER["context_dim"],
-            PAPER["batch_size"],
-        )
-    else:
-        c = config.autoencoder
-        factor = 2 ** (len(c.block_out_channels) - 1)
-        unet, latent_shape, dim, batch = (
-            config.train.unet,
-            (c.latent_channels, c.image_size // factor, c.image_size // factor),
-            128,
-            config.train.batch_size,
-        )
-    batch = args.batch_size or batch
-    k = config.train.k
 
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        params = config.train.model_copy(
-            update={
-                "unet": unet,
-                "batch_size": batch,
-                "max_steps": args.steps,
-                "val_every_n_steps": 10**9,
-                "checkpoint_every_n_steps": 10**9,
-                "checkpoints": str(tmp / "ckpt"),
-            }
-        )
-        data = RetrievalDataModule(synthetic(batch * 16 + 1, latent_shape, k, dim), batch, 1)
-        module = RetrievalDiffusion(
-            unet=unet.model_dump(), latent_shape=latent_shape, context_dim=dim, scale_factor=1.0
-        )
-        device = torch.device("cuda" if on_gpu else "cpu")
-        flops = flops_per_batch(module, batch, latent_shape, k, dim)
-        available = get_available_flops(device, torch.bfloat16 if on_gpu else torch.float32)
-        print(
-            f"{args.size}: UNet {sum(p.numel() for p in module.unet.parameters()) / 1e6:.1f}M, "
-            f"latents {latent_shape}, batch {batch}, {flops / 1e9:.1f} GFLOPs per training step, "
-            f"device {torch.cuda.get_device_name() if on_gpu else 'cpu'}"
-        )
-        step_times: dict[bool, list[float]] = {False: [], True: []}
-        for round_ in range(args.rounds):
-            for tracked in (False, True) if round_ % 2 == 0 else (True, False):
-                times = one_round(module, data, params, tracked, tmp)[args.warmup :]
-                step_times[tracked] += times
-                state = "on " if tracked else "off"
-                print(f"round {round_ + 1} mlflow {state}: {statistics.median(times) * 1e3:.1f} ms/step")
+def model_shapes(config: Config, size: str) -> tuple[Any, tuple[int, int, int], int, int]:
+    """UNet, latent shape, context dimension and batch size of the benchmarked model."""
+    if size == "paper":
+        return PAPER["unet"], PAPER["latent_shape"], PAPER["context_dim"], PAPER["batch_size"]
+    c = config.autoencoder
+    factor = 2 ** (len(c.block_out_channels) - 1)
+    latent_shape = (c.latent_channels, c.image_size // factor, c.image_size // factor)
+    return config.train.unet, latent_shape, 128, config.train.batch_size
 
-    off, on = statistics.median(step_times[False]), statistics.median(step_times[True])
-    samples_per_s = batch / off
-    mfu = (flops / off) / available if available else None
-    print(
-        json.dumps(
-            {
-                "device": torch.cuda.get_device_name() if on_gpu else "cpu",
-                "size": args.size,
-                "batch_size": batch,
-                "samples_per_s": round(samples_per_s, 2),
-                "mfu": round(mfu, 4) if mfu is not None else None,
-                "mlflow_overhead_frac": round((on - off) / off, 4),
-                "step_ms": {"off": round(off * 1e3, 2), "on": round(on * 1e3, 2)},
-            }
-        )
+
+def round_params(config: Config, unet: UNetParams, batch: int, steps: int, tmp: Path) -> TrainParams:
+    """params.yaml's training settings for one round: this model, no validation, no checkpoints."""
+    return config.train.model_copy(
+        update={
+            "unet": unet,
+            "batch_size": batch,
+            "max_steps": steps,
+            "val_every_n_steps": 10**9,
+            "checkpoint_every_n_steps": 10**9,
+            "checkpoints": str(tmp / "ckpt"),
+        }
     )
 
 
+def device_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def peak_flops() -> int | None:
+    """The device's peak FLOP/s at the training precision (None where Lightning does not know it)."""
+    on_gpu = torch.cuda.is_available()
+    device = torch.device("cuda" if on_gpu else "cpu")
+    return get_available_flops(device, torch.bfloat16 if on_gpu else torch.float32)
+
+
+def alternated_rounds(
+    module: RdmLightningModule,
+    data: RetrievalDataModule,
+    params: TrainParams,
+    tmp: Path,
+    rounds: int,
+    warmup: int,
+) -> dict[bool, list[float]]:
+    """Step times after warm-up with MLflow off (False) and on (True), the order alternating each round."""
+    step_times: dict[bool, list[float]] = {False: [], True: []}
+    for round_ in range(rounds):
+        for tracked in (False, True) if round_ % 2 == 0 else (True, False):
+            times = one_round(module, data, params, tracked, tmp)[warmup:]
+            step_times[tracked] += times
+            state = "on " if tracked else "off"
+            print(f"round {round_ + 1} mlflow {state}: {statistics.median(times) * 1e3:.1f} ms/step")
+    return step_times
+
+
+def summary(
+    size: str, batch: int, flops: int, available: int | None, step_times: dict[bool, list[float]]
+) -> dict[str, Any]:
+    """The last line's JSON: throughput, MFU and MLflow's share of the step, from median step times."""
+    off, on = statistics.median(step_times[False]), statistics.median(step_times[True])
+    samples_per_s = batch / off
+    mfu = (flops / off) / available if available else None
+    return {
+        "device": device_name(),
+        "size": size,
+        "batch_size": batch,
+        "samples_per_s": round(samples_per_s, 2),
+        "mfu": round(mfu, 4) if mfu is not None else None,
+        "mlflow_overhead_frac": round((on - off) / off, 4),
+        "step_ms": {"off": round(off * 1e3, 2), "on": round(on * 1e3, 2)},
+    }
+
+
 def flops_per_batch(
-    module: RetrievalDiffusion, batch: int, latent_shape: tuple[int, int, int], k: int, dim: int
+    module: RdmLightningModule, batch: int, latent_shape: tuple[int, int, int], k: int, dim: int
 ) -> int:
     """Forward plus backward FLOPs of one training step, counted on the meta device."""
     with torch.device("meta"):
-        meta = RetrievalDiffusion(
+        meta = RdmLightningModule(
             unet=module.hparams["unet"], latent_shape=latent_shape, context_dim=dim, scale_factor=1.0
         )
         x = torch.randn(batch, *latent_shape)

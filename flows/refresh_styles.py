@@ -11,8 +11,7 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 
 from flows.tasks import config, log_line, project, retry_if_transient
-from rdm import versioning
-from rdm.stages import refresh
+from rdm import dvc_repo, refresh
 from rdm.tracking.runs import log_refresh
 
 
@@ -24,7 +23,7 @@ def update_collections() -> dict[str, Any]:
 @task(retries=2, retry_delay_seconds=15, retry_condition_fn=retry_if_transient)
 def record_version() -> None:
     """dvc.lock takes the refreshed manifests and embeddings, so `dvc repro` sees them as current."""
-    versioning.record(project(), ["prepare", "embed"], log_line)
+    dvc_repo.record(project(), ["prepare", "embed"], log_line)
 
 
 @task
@@ -40,7 +39,7 @@ def report(summary: dict[str, Any]) -> str | None:
 
 @flow(name="refresh-style-collections", log_prints=True)
 def refresh_style_collections(record: bool = True) -> dict[str, Any]:
-    with versioning.pipeline_lock(project()):  # a train-rdm running meanwhile finishes first
+    with dvc_repo.pipeline_lock(project()):  # a train-rdm running meanwhile finishes first
         summary = update_collections()
         if record:
             record_version()

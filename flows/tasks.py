@@ -9,8 +9,8 @@ from typing import Any
 from prefect import get_run_logger
 
 from rdm.config import Config, load_config
+from rdm.dvc_repo import is_transient
 from rdm.errors import UserError
-from rdm.versioning import is_transient
 
 
 def project() -> Path:

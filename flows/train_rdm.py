@@ -10,7 +10,7 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 
 from flows.tasks import config, log_line, project, retry_if_transient
-from rdm import versioning
+from rdm import dvc_repo
 from rdm.config import set_params
 from rdm.tracking.registry import registered_version
 
@@ -25,17 +25,17 @@ def apply_params(changes: dict[str, Any]) -> list[str]:
 
 @task(**RETRIES)
 def version_data() -> list[str]:
-    return versioning.version_sources(project(), log_line)
+    return dvc_repo.version_sources(project(), log_line)
 
 
 @task(task_run_name="{stage}", **RETRIES)
-def run_stage(stage: str) -> versioning.StageRun:
-    return versioning.reproduce(project(), stage, log_line)
+def run_stage(stage: str) -> dvc_repo.StageRun:
+    return dvc_repo.reproduce(project(), stage, log_line)
 
 
 @task(**RETRIES)
 def push_data() -> str | None:
-    return versioning.push(project(), log_line)
+    return dvc_repo.push(project(), log_line)
 
 
 @task(**RETRIES)
@@ -49,11 +49,11 @@ def register_model() -> dict[str, Any]:
 def train_rdm(params: dict[str, Any] | None = None, push: bool = True) -> dict[str, Any]:
     """The whole pipeline, stage by stage. `params`: dotted changes to params.yaml before running;
     `push`: send the data to the default DVC remote at the end."""
-    with versioning.pipeline_lock(project()):  # a refresh running meanwhile finishes first
+    with dvc_repo.pipeline_lock(project()):  # a refresh running meanwhile finishes first
         if params:
             apply_params(params)
         version_data()
-        runs = [run_stage(stage) for stage in versioning.stages(project())]
+        runs = [run_stage(stage) for stage in dvc_repo.stages(project())]
         remote = push_data() if push else None
     model = register_model() if config().tracking.enabled else None
     create_table_artifact(

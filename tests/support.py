@@ -103,9 +103,9 @@ def run_pipeline(config: Config, train_model: bool = False) -> None:
     """generate -> prepare -> clip -> embed -> neighbors -> autoencoder (-> train), in the current folder."""
     from rdm.stages import autoencoder, clip, embed, generate, neighbors, prepare, train
 
-    generate.run(config.generate, progress=False)
+    generate.run(config, progress=False)
     prepare.run(config.prepare, config.s3, progress=False)
-    clip.run(config.clip, Path(config.prepare.out), progress=False)
+    clip.run(config.clip, Path(config.prepare.out), config.sample.style_text, progress=False)
     from rdm.evaluation.split import classifier_share
 
     keep_out = classifier_share(config)  # as `rdm embed`: the style classifier's images stay out

@@ -9,16 +9,21 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rdm.config import DEFAULT_PARAMS, Config, load_config
 from rdm.errors import UserError
+
+if TYPE_CHECKING:
+    from rdm.sampling.batch import Request
 
 
 def _generate(config: Config, args: argparse.Namespace) -> None:
     from rdm.stages import generate
 
-    params = config.generate if args.out is None else config.generate.model_copy(update={"out": args.out})
-    generate.run(params)
+    if args.out is not None:
+        config = config.model_copy(update={"generate": config.generate.model_copy(update={"out": args.out})})
+    generate.run(config)
 
 
 def _prepare(config: Config, args: argparse.Namespace) -> None:
@@ -30,7 +35,7 @@ def _prepare(config: Config, args: argparse.Namespace) -> None:
 def _clip(config: Config, args: argparse.Namespace) -> None:
     from rdm.stages import clip
 
-    clip.run(config.clip, Path(config.prepare.out))
+    clip.run(config.clip, Path(config.prepare.out), config.sample.style_text)
 
 
 def _embed(config: Config, args: argparse.Namespace) -> None:
@@ -72,7 +77,7 @@ def _evaluate(config: Config, args: argparse.Namespace) -> None:
 
 
 def _refresh(config: Config, args: argparse.Namespace) -> None:
-    from rdm.stages import refresh
+    from rdm import refresh
 
     refresh.run(config)
 
@@ -114,26 +119,36 @@ def _sample(config: Config, args: argparse.Namespace) -> None:
     (or, with --postfix, by the prompt plus "in the style of <style>" retrieved from D_train); with
     --unconditional, from pseudo-queries (the RDM repo's top-m) and their neighbours in D_train or in
     each --style's collection."""
-    from pydantic import ValidationError
+    _check_sample_options(args)
+    config = _with_sample_options(config, args)
+    styles: list[str] = args.style or []
+    note: str | None = None
+    if args.unconditional:
+        requests, rows, note = _pseudo_query_requests(config, styles, args.n, args.seed)
+    else:
+        requests, rows = _query_requests(args, styles)
+    out = Path(args.out)
+    records, info, grids = _draw(config, args, requests, styles, out, rows)
+    _print_sample_summary(records, info, grids, styles, out, note)
 
-    from rdm.config import ConfigError, SampleParams
-    from rdm.sampling.batch import POSTFIX, RETRIEVAL, Request, on_style_share, open_sampler
-    from rdm.sampling.grid import write_grids
-    from rdm.sampling.source import open_model
-    from rdm.sampling.unconditional import (
-        most_retrieved,
-        pseudo_queries,
-        retrieval_counts,
-        unconditional_requests,
-    )
 
+def _check_sample_options(args: argparse.Namespace) -> None:
+    """Refuse options that do not go together, before anything is loaded (argparse cannot say these)."""
     if args.postfix and not args.prompt:
         raise UserError("--postfix writes the style into a text prompt; use it with --prompt")
     if args.top_m is not None and not args.unconditional:
         raise UserError("--top-m chooses pseudo-queries; use it with --unconditional")
     if not args.style and not args.unconditional:
         raise UserError("--style: name a style collection (repeat for several; see `rdm collections`)")
-    styles: list[str] = args.style or []
+
+
+def _with_sample_options(config: Config, args: argparse.Namespace) -> Config:
+    """`config` with the options that were given over params.yaml's sample section; they pass the same
+    checks as that section, and a failure names the option, not the params.yaml key."""
+    from pydantic import ValidationError
+
+    from rdm.config import ConfigError, SampleParams
+
     chosen = {
         "k": args.k,
         "steps": args.steps,
@@ -141,7 +156,7 @@ def _sample(config: Config, args: argparse.Namespace) -> None:
         "sampler": args.sampler,
         "top_m": args.top_m,
     }
-    try:  # the options pass the same checks as params.yaml's sample section
+    try:
         params = SampleParams.model_validate(
             config.sample.model_dump() | {k: v for k, v in chosen.items() if v is not None}
         )
@@ -150,36 +165,84 @@ def _sample(config: Config, args: argparse.Namespace) -> None:
         flags |= {"top_m": "--top-m"}
         problems = [f"{flags.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']}" for e in exc.errors()]
         raise ConfigError("rdm sample: " + "; ".join(problems)) from None
-    config = config.model_copy(update={"sample": params})
-    if args.unconditional:
-        counts = retrieval_counts(Path(config.neighbors.out))
-        query_ids = pseudo_queries(counts, params.top_m, args.n, args.seed)
-        requests = unconditional_requests(query_ids, styles, args.seed)
-        rows = args.n
-    else:
-        method = POSTFIX if args.postfix else RETRIEVAL
-        queries = [str(args.image)] if args.image else args.prompt
-        requests = [
-            Request(query, style, method, args.seed + i, image=str(args.image) if args.image else None)
-            for query in queries
-            for style in styles
-            for i in range(args.n)
-        ]
-        rows = len(queries) * args.n
+    return config.model_copy(update={"sample": params})
+
+
+def _query_requests(args: argparse.Namespace, styles: list[str]) -> tuple[list[Request], int]:
+    """A request per query (each --prompt, or the --image), style and seed; and the grid's rows (one
+    per query and seed)."""
+    from rdm.artifacts.samples import POSTFIX, RETRIEVAL
+    from rdm.sampling.batch import Request
+
+    method = POSTFIX if args.postfix else RETRIEVAL
+    queries = [str(args.image)] if args.image else args.prompt
+    requests = [
+        Request(query, style, method, args.seed + i, image=str(args.image) if args.image else None)
+        for query in queries
+        for style in styles
+        for i in range(args.n)
+    ]
+    return requests, len(queries) * args.n
+
+
+def _pseudo_query_requests(
+    config: Config, styles: list[str], n: int, seed: int
+) -> tuple[list[Request], int, str]:
+    """`n` pseudo-queries drawn by `seed` from the most retrieved D_train images, each a request per
+    collection (D_train with no `styles`); the grid's rows (`n`); and the summary's line on where the
+    pseudo-queries came from."""
+    from rdm.sampling.unconditional import (
+        most_retrieved,
+        pseudo_queries,
+        retrieval_counts,
+        unconditional_requests,
+    )
+
+    top_m = config.sample.top_m
+    counts = retrieval_counts(Path(config.neighbors.out))
+    query_ids = pseudo_queries(counts, top_m, n, seed)
+    note = (
+        f"  {len(set(query_ids))} pseudo-queries from the {len(most_retrieved(counts, top_m))} "
+        f"most retrieved of {len(counts)} D_train images (top {top_m:.1%})"
+    )
+    return unconditional_requests(query_ids, styles, seed), n, note
+
+
+def _draw(
+    config: Config, args: argparse.Namespace, requests: list[Request], styles: list[str], out: Path, rows: int
+) -> tuple[list[dict[str, Any]], dict[str, Any], list[Path]]:
+    """Load the model (--model, else sample.model), check every style has a collection, and draw the
+    requests into `out` with a grid per method of at most `rows` rows; returns the records, the
+    model's description and the grids."""
+    from rdm.sampling.batch import open_sampler
+    from rdm.sampling.grid import write_grids
+    from rdm.sampling.source import open_model
+
+    params = config.sample
     model, info = open_model(args.model or params.model, config, params.device)
     if args.compile or params.compile:
         model.compile()
-    out = Path(args.out)
     with open_sampler(config, model, info, params.k) as sampler:
         sampler.check_styles(styles)
         records = sampler.draw(requests, out)
-    grids = write_grids(records, out, max_rows=rows)
+    return records, info, write_grids(records, out, max_rows=rows)
+
+
+def _print_sample_summary(
+    records: list[dict[str, Any]],
+    info: dict[str, Any],
+    grids: list[Path],
+    styles: list[str],
+    out: Path,
+    note: str | None,
+) -> None:
+    """What was drawn from which model; per style, the share of its neighbours that are of that style
+    (the database swap at work); and where the files are."""
+    from rdm.artifacts.samples import on_style_share
+
     print(f"{len(records)} images from {info['uri']} (version {info['version']}, {info['steps']} steps)")
-    if args.unconditional:
-        print(
-            f"  {len(set(query_ids))} pseudo-queries from the {len(most_retrieved(counts, params.top_m))} "
-            f"most retrieved of {len(counts)} D_train images (top {params.top_m:.1%})"
-        )
+    if note is not None:
+        print(note)
     for style in styles:
         mine = [r for r in records if r["style"] == style]
         neighbors = [n for r in mine for n in r["neighbors"]]
@@ -190,7 +253,7 @@ def _sample(config: Config, args: argparse.Namespace) -> None:
 
 
 def _collections(config: Config, args: argparse.Namespace) -> None:
-    from rdm.retrieval.store import open_store
+    from rdm.retrieval.backends import open_store
 
     with open_store(config.store) as store:
         if args.action == "drop":
@@ -211,8 +274,8 @@ def _collections(config: Config, args: argparse.Namespace) -> None:
 
 def _search(config: Config, args: argparse.Namespace) -> None:
     from rdm.embedding.model import load
+    from rdm.retrieval.backends import open_store
     from rdm.retrieval.search import Retriever
-    from rdm.retrieval.store import open_store
 
     clip = load(Path(config.clip.out), config.embed.device)
     with open_store(config.store) as store:
@@ -232,8 +295,8 @@ def _search(config: Config, args: argparse.Namespace) -> None:
 
 def _ingest(config: Config, args: argparse.Namespace) -> None:
     """Ingest one source by hand, to check a folder (or manifest, or S3 prefix) before adding it."""
+    from rdm.artifacts.manifest import write_manifest
     from rdm.data.ingest import ingest
-    from rdm.data.manifest import write_manifest
     from rdm.data.sources import open_source
     from rdm.files import write_jsonl
     from rdm.stages.prepare import limits_of
@@ -276,11 +339,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rdm", description="Retrieval-augmented diffusion pipeline.")
     parser.add_argument("--params", default=str(DEFAULT_PARAMS), help="params file (default: params.yaml)")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    _add_generate_parser(verbs)
+    _add_stage_parsers(verbs)
+    _add_refresh_parser(verbs)
+    _add_services_parser(verbs)
+    _add_sample_parser(verbs)
+    _add_report_parser(verbs)
+    _add_collections_parser(verbs)
+    _add_search_parser(verbs)
+    _add_ingest_parser(verbs)
+    _add_config_parser(verbs)
+    return parser
 
+
+def _add_generate_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     gen = verbs.add_parser("generate", help="write the built-in demo dataset (DVC stage)")
     gen.add_argument("--out", help="output folder (default: generate.out)")
     gen.set_defaults(func=_generate)
 
+
+def _add_stage_parsers(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The DVC stages after generate: no options, everything comes from the params file."""
     stages = {
         "prepare": ("ingest the configured sources into manifests", _prepare),
         "clip": ("load or train the CLIP model and measure its retrieval", _clip),
@@ -294,14 +373,28 @@ def build_parser() -> argparse.ArgumentParser:
     for verb, (description, func) in stages.items():
         verbs.add_parser(verb, help=f"{description} (DVC stage)").set_defaults(func=func)
 
+
+def _add_refresh_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     verbs.add_parser(
         "refresh", help="bring the style collections up to date with their source (prepare + embed)"
     ).set_defaults(func=_refresh)
+
+
+def _add_services_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     svc = verbs.add_parser("services", help="the local Prefect and MLflow servers and the deployments")
     svc.add_argument("action", choices=("start", "stop", "status"))
     svc.set_defaults(func=_services)
 
+
+def _add_sample_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     smp = verbs.add_parser("sample", help="stylized images from a trained model, by database swap")
+    _add_sample_queries(smp)
+    _add_sample_settings(smp)
+    smp.set_defaults(func=_sample)
+
+
+def _add_sample_queries(smp: argparse.ArgumentParser) -> None:
+    """What `rdm sample` draws: the queries, the styles, how many of each."""
     query = smp.add_mutually_exclusive_group(required=True)
     query.add_argument("--prompt", action="append", help="a text prompt (repeat for several)")
     query.add_argument("--image", type=Path, help="an image file as the query instead of a prompt")
@@ -329,6 +422,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="--unconditional: the most retrieved share of D_train to draw from (default sample.top_m: 0.01)",
     )
+
+
+def _add_sample_settings(smp: argparse.ArgumentParser) -> None:
+    """How `rdm sample` draws (unset: params.yaml's sample section), with which model, and where to."""
     smp.add_argument("-k", type=int, help="neighbours retrieved (default sample.k: 19)")
     smp.add_argument("--steps", type=int, help="sampler steps (default sample.steps: 16)")
     smp.add_argument(
@@ -339,16 +436,21 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--compile", action="store_true", help="torch.compile the UNet (worth it on a GPU)")
     smp.add_argument("--model", help="models:/rdm@latest (default sample.model), a model folder, or a .ckpt")
     smp.add_argument("--out", required=True, help="folder for images/, samples.jsonl and the grid")
-    smp.set_defaults(func=_sample)
 
+
+def _add_report_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rep = verbs.add_parser("report", help="print the last evaluation's style table")
     rep.set_defaults(func=_report)
 
+
+def _add_collections_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     col = verbs.add_parser("collections", help="list (or drop) the vector collections")
     col.add_argument("action", nargs="?", choices=["list", "drop"], default="list")
     col.add_argument("name", nargs="?", help="the collection to drop")
     col.set_defaults(func=_collections)
 
+
+def _add_search_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sea = verbs.add_parser("search", help="nearest images of a text or an image in a collection")
     query = sea.add_mutually_exclusive_group(required=True)
     query.add_argument("--text", help="a text query, embedded with the CLIP text encoder")
@@ -357,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     sea.add_argument("-k", type=int, default=19, help="how many neighbours (default 19, as in the paper)")
     sea.set_defaults(func=_search)
 
+
+def _add_ingest_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ing = verbs.add_parser("ingest", help="check and ingest one folder, manifest or s3:// prefix by hand")
     ing.add_argument("source", help="a folder, a .csv/.jsonl/.parquet manifest, or s3://bucket/prefix")
     ing.add_argument("--out", required=True, help="folder for images/, manifest.parquet, rejected.jsonl")
@@ -364,9 +468,10 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--require-style", action="store_true", help="reject files with no style folder")
     ing.set_defaults(func=_ingest)
 
+
+def _add_config_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cfg = verbs.add_parser("config", help="print the validated configuration")
     cfg.set_defaults(func=_show_config)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

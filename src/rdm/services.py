@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -60,13 +61,19 @@ def environment(params: ServicesParams) -> dict[str, str]:
 
 
 def _profile_api_url() -> str | None:
-    """PREFECT_API_URL in the user's active Prefect profile (None when unset)."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.settings.profiles import load_profiles
-
-    profile = load_profiles().active_profile
-    value = profile.settings.get(PREFECT_API_URL) if profile else None
-    return str(value) if value else None
+    """PREFECT_API_URL in the user's active Prefect profile (None when unset), asked of the Prefect CLI
+    as `_point_prefect_cli` sets it: the package never imports Prefect (docs/architecture.md)."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # the profile's, not the shell's
+    shown = subprocess.run(
+        [_bin("prefect"), "config", "view", "--hide-defaults"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    ).stdout
+    found = re.search(r"^PREFECT_API_URL='(.*)' \(from profile\)$", shown, re.M)
+    return found[1] if found else None
 
 
 def _point_prefect_cli(api: str | None) -> None:
@@ -151,9 +158,27 @@ def start(params: ServicesParams, root: Path) -> dict[str, int]:
         print(f"services: already running ({state / STATE_FILE}); `make services-stop` first to restart")
         status(params, root)
         return recorded
+    env = _process_environment(params, state)
+    try:
+        pids = _launch_servers(params, root, state, env)
+        _write_state(state, pids)
+        _wait_for_servers(params, state, pids)
+        pids["deployments"] = _launch_deployments(root, state, env)
+        _write_state(state, pids)
+        _wait_for_deployments(params, state, pids["deployments"])
+        _point_prefect_cli_here(params, state)
+    except BaseException:  # leave nothing half-started behind
+        stop(params, root)
+        raise
+    _print_usage(params, root)
+    return pids
+
+
+def _process_environment(params: ServicesParams, state: Path) -> dict[str, str]:
+    """The environment of the three processes; also written to `<state>/env` for the user's shell."""
     exported = environment(params)
     (state / "env").write_text("".join(f"export {key}={value}\n" for key, value in exported.items()))
-    env = (
+    return (
         os.environ
         | exported
         | {
@@ -161,76 +186,80 @@ def start(params: ServicesParams, root: Path) -> dict[str, int]:
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # dvc and rdm for flows
         }
     )
+
+
+def _launch_servers(params: ServicesParams, root: Path, state: Path, env: dict[str, str]) -> dict[str, int]:
+    """Start the Prefect and the MLflow server, without waiting for them: their process ids."""
+    prefect = [_bin("prefect"), "server", "start", "--host", params.host, "--port", str(params.prefect_port)]
+    mlflow = [
+        _bin("mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{(root / 'mlflow.db').resolve()}",
+        # artifacts where `sqlite:///mlflow.db` without a server puts them, so that runs
+        # logged through the server and runs of a plain `dvc repro` read each other's
+        "--default-artifact-root",
+        str((root / "mlruns").resolve()),
+        "--no-serve-artifacts",
+        "--host",
+        params.host,
+        "--port",
+        str(params.mlflow_port),
+        "--workers",
+        "1",
+    ]
+    return {
+        "prefect": _launch(prefect, state / "prefect.log", env, root),
+        "mlflow": _launch(mlflow, state / "mlflow.log", env, root),
+    }
+
+
+def _wait_for_servers(params: ServicesParams, state: Path, pids: dict[str, int]) -> None:
     address = urls(params)
-    pids: dict[str, int] = {}
-    try:
-        pids["prefect"] = _launch(
-            [_bin("prefect"), "server", "start", "--host", params.host, "--port", str(params.prefect_port)],
-            state / "prefect.log",
-            env,
-            root,
-        )
-        pids["mlflow"] = _launch(
-            [
-                _bin("mlflow"),
-                "server",
-                "--backend-store-uri",
-                f"sqlite:///{(root / 'mlflow.db').resolve()}",
-                # artifacts where `sqlite:///mlflow.db` without a server puts them, so that runs
-                # logged through the server and runs of a plain `dvc repro` read each other's
-                "--default-artifact-root",
-                str((root / "mlruns").resolve()),
-                "--no-serve-artifacts",
-                "--host",
-                params.host,
-                "--port",
-                str(params.mlflow_port),
-                "--workers",
-                "1",
-            ],
-            state / "mlflow.log",
-            env,
-            root,
-        )
-        _write_state(state, pids)
-        seconds = _wait(
-            "the Prefect server",
-            lambda: _answers(f"{address.prefect_api}/health"),
-            pids["prefect"],
-            state / "prefect.log",
-            params.startup_timeout,
-        )
-        print(f"services: Prefect server {address.prefect_ui} up in {seconds:.0f} s")
-        seconds = _wait(
-            "the MLflow server",
-            lambda: _answers(f"{address.mlflow}/health"),
-            pids["mlflow"],
-            state / "mlflow.log",
-            params.startup_timeout,
-        )
-        print(f"services: MLflow server {address.mlflow} up in {seconds:.0f} s")
-        pids["deployments"] = _launch(
-            [sys.executable, "-m", "flows.serve"],
-            state / "deployments.log",
-            env | {"PYTHONPATH": str(root)},
-            root,
-        )
-        _write_state(state, pids)
-        seconds = _wait(
-            "the deployments (flows/serve.py)",
-            lambda: set(DEPLOYMENTS) <= set(served_deployments(address.prefect_api)),
-            pids["deployments"],
-            state / "deployments.log",
-            params.startup_timeout,
-        )
-        print(f"services: deployments {', '.join(DEPLOYMENTS)} served in {seconds:.0f} s")
-        (state / PROFILE_MARK).write_text(json.dumps({"previous": _profile_api_url()}) + "\n")
-        _point_prefect_cli(address.prefect_api)
-    except BaseException:
-        stop(params, root)
-        raise
-    _print_usage(params, root)
-    return pids
+    seconds = _wait(
+        "the Prefect server",
+        lambda: _answers(f"{address.prefect_api}/health"),
+        pids["prefect"],
+        state / "prefect.log",
+        params.startup_timeout,
+    )
+    print(f"services: Prefect server {address.prefect_ui} up in {seconds:.0f} s")
+    seconds = _wait(
+        "the MLflow server",
+        lambda: _answers(f"{address.mlflow}/health"),
+        pids["mlflow"],
+        state / "mlflow.log",
+        params.startup_timeout,
+    )
+    print(f"services: MLflow server {address.mlflow} up in {seconds:.0f} s")
+
+
+def _launch_deployments(root: Path, state: Path, env: dict[str, str]) -> int:
+    """Start `flows/serve.py`, which registers the deployments with the running Prefect server."""
+    return _launch(
+        [sys.executable, "-m", "flows.serve"],
+        state / "deployments.log",
+        env | {"PYTHONPATH": str(root)},
+        root,
+    )
+
+
+def _wait_for_deployments(params: ServicesParams, state: Path, pid: int) -> None:
+    api = urls(params).prefect_api
+    seconds = _wait(
+        "the deployments (flows/serve.py)",
+        lambda: set(DEPLOYMENTS) <= set(served_deployments(api)),
+        pid,
+        state / "deployments.log",
+        params.startup_timeout,
+    )
+    print(f"services: deployments {', '.join(DEPLOYMENTS)} served in {seconds:.0f} s")
+
+
+def _point_prefect_cli_here(params: ServicesParams, state: Path) -> None:
+    """Point the user's Prefect profile at this server, recording what it pointed at for `stop` to restore."""
+    (state / PROFILE_MARK).write_text(json.dumps({"previous": _profile_api_url()}) + "\n")
+    _point_prefect_cli(urls(params).prefect_api)
 
 
 def _print_usage(params: ServicesParams, root: Path) -> None:

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from rdm.sampling.batch import FLOORS
+from rdm.artifacts.samples import FLOORS
 from tests.browser import rendered_text, screenshot
 from tests.support import clone_project, free_port, run_ok
 

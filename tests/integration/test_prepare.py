@@ -5,15 +5,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from rdm.artifacts.manifest import read_manifest
 from rdm.config import Config
-from rdm.data.manifest import read_manifest
 from rdm.stages import generate, prepare
 
 
 @pytest.fixture
 def prepared(tiny_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     monkeypatch.chdir(tmp_path)
-    generate.run(tiny_config.generate, progress=False)
+    generate.run(tiny_config, progress=False)
     return prepare.run(tiny_config.prepare, tiny_config.s3, progress=False)
 
 
@@ -46,7 +46,7 @@ def test_bad_files_in_a_source_are_listed_not_fatal(
     tiny_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    generate.run(tiny_config.generate, progress=False)
+    generate.run(tiny_config, progress=False)
     neon = Path(tiny_config.generate.out) / "styles" / "neon"
     whole = sorted(neon.glob("*.png"))[0].read_bytes()
     (neon / "broken.png").write_bytes(whole[: len(whole) // 2])

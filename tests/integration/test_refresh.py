@@ -20,7 +20,8 @@ from PIL import Image
 
 from rdm.config import load_config
 from rdm.evaluation.split import classifier_ids, classifier_share
-from rdm.retrieval.store import open_store, style_collection
+from rdm.retrieval.backends import open_store
+from rdm.retrieval.store import style_collection
 from rdm.stages import clip, embed, generate, prepare
 from tests.support import rdm_env, work_in, write_params
 
@@ -55,14 +56,14 @@ def test_refresh_follows_the_bucket_atomically_one_at_a_time(
         s3={"endpoint_url": s3_endpoint, "region": "us-east-1"},
     )
     config = load_config(tmp_path / "params.yaml")
-    generate.run(config.generate, progress=False)
+    generate.run(config, progress=False)
     client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     client.create_bucket(Bucket=BUCKET)
     raw_styles = Path(config.generate.out) / "styles"
     for path in sorted(raw_styles.rglob("*.png")):
         client.put_object(Bucket=BUCKET, Key=f"styles/{path.relative_to(raw_styles)}", Body=path.read_bytes())
     prepare.run(config.prepare, config.s3, progress=False)
-    clip.run(config.clip, Path(config.prepare.out), progress=False)
+    clip.run(config.clip, Path(config.prepare.out), config.sample.style_text, progress=False)
     keep_out = classifier_share(config)  # as `rdm embed` (the DVC stage) fills the collections
     embed.run(config.embed, config.store, Path(config.clip.out), Path(config.prepare.out), False, keep_out)
     share, seed = config.evaluate.classifier_share, config.evaluate.split_seed

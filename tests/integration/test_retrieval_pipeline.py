@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 import yaml
 
+from rdm.artifacts.clip import ClipCard, read_card
+from rdm.artifacts.embeddings import VectorChunks
+from rdm.artifacts.manifest import read_manifest
+from rdm.artifacts.neighbors import read_neighbors
 from rdm.cli import main
 from rdm.config import Config, load_config
-from rdm.data.demo.styles import STYLE_WORDS
-from rdm.data.manifest import read_manifest
-from rdm.embedding.model import ClipCard, read_card
-from rdm.embedding.vectors import VectorChunks
-from rdm.retrieval.store import CollectionError, open_store
+from rdm.retrieval.backends import open_store
+from rdm.retrieval.store import CollectionError
 from rdm.stages import clip, embed, generate, neighbors, prepare
 from tests.support import REPO_ROOT
 
@@ -49,9 +50,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Config]:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     with contextlib.chdir(root):
         config = load_config("params.yaml")
-        generate.run(config.generate, progress=False)
+        generate.run(config, progress=False)
         prepare.run(config.prepare, config.s3, progress=False)
-        clip.run(config.clip, Path(config.prepare.out), progress=False)
+        clip.run(config.clip, Path(config.prepare.out), config.sample.style_text, progress=False)
         embed.run(config.embed, config.store, Path(config.clip.out), Path(config.prepare.out), progress=False)
         neighbors.run(config.neighbors, config.embed, Path(config.clip.out), Path(config.prepare.out), False)
     return root, config
@@ -72,7 +73,7 @@ def test_text_search_in_d_train_finds_the_named_style(in_demo: Config, capsys: p
                 [
                     "search",
                     "--text",
-                    f"a red circle in the style of {STYLE_WORDS[style]}",
+                    f"a red circle in the style of {in_demo.sample.style_text(style)}",
                     "--collection",
                     "d_train",
                     "-k",
@@ -160,9 +161,9 @@ def test_another_clips_collection_is_refused_untouched(in_demo: Config, tmp_path
 
 
 def test_neighbors_are_the_exact_nearest_in_d_train(in_demo: Config) -> None:
-    table, meta = neighbors.read_neighbors(Path(in_demo.neighbors.out))
+    table, meta = read_neighbors(Path(in_demo.neighbors.out))
     card = read_card(Path(in_demo.clip.out))
-    assert meta["k"] == in_demo.neighbors.k and meta["clip_fingerprint"] == card.fingerprint
+    assert meta.k == in_demo.neighbors.k and meta.clip_fingerprint == card.fingerprint
     train = read_manifest(Path(in_demo.prepare.out) / "train.parquet")
     d_train = read_manifest(Path(in_demo.prepare.out) / "d_train.parquet")
     queries = VectorChunks(Path(in_demo.embed.out) / "train", card).vectors_for(list(train["id"]))

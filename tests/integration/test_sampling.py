@@ -14,21 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
+from rdm.artifacts.model import ModelError
+from rdm.artifacts.samples import FLOORS, METHODS, NULL, OTHER_STYLE, POSTFIX, POSTFIX_TEXT, RETRIEVAL
 from rdm.config import Config, load_config
 from rdm.evaluation.classifier import fit_classifier
-from rdm.models.package import ModelError, load_model
-from rdm.sampling.batch import (
-    FLOORS,
-    METHODS,
-    NULL,
-    OTHER_STYLE,
-    POSTFIX,
-    POSTFIX_TEXT,
-    RETRIEVAL,
-    Request,
-    open_sampler,
-    plan,
-)
+from rdm.models.pipeline import load_pipeline
+from rdm.sampling.batch import Request, open_sampler, plan
 from rdm.stages import evaluate, sample
 from tests.support import rdm_env, run_pipeline, tracking_client, work_in, write_params
 
@@ -60,7 +51,7 @@ def in_trained(trained: tuple[Path, Config], monkeypatch: pytest.MonkeyPatch) ->
 def test_swapping_the_collection_changes_the_neighbours_to_that_style_and_nothing_else(
     in_trained: Config,
 ) -> None:
-    model = load_model(Path(in_trained.train.out), "cpu")
+    model = load_pipeline(Path(in_trained.train.out), "cpu")
     with open_sampler(in_trained, model, {"uri": "test"}, k=5) as sampler:
         neon = sampler.contexts.for_texts(["a red circle"], "style-neon")
         mosaic = sampler.contexts.for_texts(["a red circle"], "style-mosaic")
@@ -81,7 +72,7 @@ def test_swapping_the_collection_changes_the_neighbours_to_that_style_and_nothin
 
 
 def test_the_same_seed_gives_the_same_image(in_trained: Config) -> None:
-    model = load_model(Path(in_trained.train.out), "cpu")
+    model = load_pipeline(Path(in_trained.train.out), "cpu")
     requests = [Request("a blue heart", "neon", RETRIEVAL, 3), Request("a blue heart", "neon", RETRIEVAL, 4)]
     with open_sampler(in_trained, model, {"uri": "test"}, k=5) as sampler:
         first = sampler.draw(requests, Path("seed-a"), progress=False)
@@ -172,7 +163,7 @@ def test_rdm_sample_draws_from_the_registered_model(trained: tuple[Path, Config]
 def test_baselines_and_floors_draw_with_the_trained_model(in_trained: Config) -> None:
     """postfix_text is one token, null is the same image for every style, other_style follows the
     next style's collection; contexts of 6 and 1 tokens are drawn in batches of their own."""
-    model = load_model(Path(in_trained.train.out), "cpu")
+    model = load_pipeline(Path(in_trained.train.out), "cpu")
     requests = plan(["a red star"], ["neon", "mosaic"], METHODS, 2, 0, floor_per_style=1, known=STYLES)
     with open_sampler(in_trained, model, {"uri": "test"}, k=5) as sampler:
         records = sampler.draw(requests, Path("floors"), progress=False)
@@ -232,9 +223,9 @@ def test_a_training_checkpoint_samples_with_its_ema_weights(in_trained: Config) 
 
 
 def test_the_classifier_beats_chance_on_held_out_style_images(in_trained: Config) -> None:
-    from rdm.data.manifest import read_manifest
-    from rdm.embedding.model import read_card
-    from rdm.embedding.vectors import VectorChunks
+    from rdm.artifacts.clip import read_card
+    from rdm.artifacts.embeddings import VectorChunks
+    from rdm.artifacts.manifest import read_manifest
 
     styles = read_manifest(Path(in_trained.prepare.out) / "styles.parquet")
     vectors = VectorChunks(Path(in_trained.embed.out) / "styles", read_card(Path(in_trained.clip.out)))
@@ -286,7 +277,7 @@ def test_sampling_refuses_a_model_of_another_clip(in_trained: Config, tmp_path: 
         "clip_fingerprint": "0123456789abcdef"
     }
     (tmp_path / "model" / "rdm.json").write_text(json.dumps(card))
-    model = load_model(tmp_path / "model", "cpu")
+    model = load_pipeline(tmp_path / "model", "cpu")
     refused = pytest.raises(ModelError, match=r"trained with CLIP .*0123456789abcdef.*dvc repro train")
     with refused, open_sampler(in_trained, model, {}, k=5):
         pass

@@ -70,7 +70,7 @@ def test_training_is_tracked_registered_and_loads_in_a_fresh_process(in_pipeline
 
     code = (
         "import mlflow, numpy as np; mlflow.set_tracking_uri('sqlite:///mlflow.db'); "
-        "m = mlflow.pyfunc.load_model('models:/rdm@latest'); "
+        "m = mlflow.pyfunc.load_pipeline('models:/rdm@latest'); "
         "x = np.random.default_rng(0).normal(size=(3, 5, 128)).astype('float32'); "
         "y = m.predict(x / np.linalg.norm(x, axis=-1, keepdims=True), params={'steps': 3}); "
         "print('SHAPE', y.shape, y.dtype)"

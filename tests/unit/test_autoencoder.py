@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from rdm.artifacts import autoencoder as autoencoder_folder
+from rdm.artifacts.autoencoder import AutoencoderError
+from rdm.artifacts.manifest import read_manifest
 from rdm.config import AutoencoderParams, Config
-from rdm.data.manifest import read_manifest
 from rdm.models import autoencoder as ae
-from rdm.models.autoencoder import AutoencoderError
 from rdm.stages import autoencoder, generate, prepare
 
 TINY = {"image_size": 32, "block_out_channels": [8, 16], "steps": 40, "batch_size": 8}
@@ -19,7 +20,7 @@ TINY = {"image_size": 32, "block_out_channels": [8, 16], "steps": 40, "batch_siz
 @pytest.fixture
 def prepared(tiny_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
-    generate.run(tiny_config.generate, progress=False)
+    generate.run(tiny_config, progress=False)
     prepare.run(tiny_config.prepare, tiny_config.s3, progress=False)
     return Path(tiny_config.prepare.out)
 
@@ -89,7 +90,7 @@ def test_a_pretrained_folder_is_used_as_is_and_its_latents_cached(
     # the scale factor is measured, written into the saved config, and makes latents unit-variance
     assert saved.config.scaling_factor == pytest.approx(report["scale_factor"], rel=1e-5)
     ids = list(read_manifest(prepared / "train.parquet")["id"])
-    latents = autoencoder.load_latents(Path(params.latents), ids[::-1])
+    latents = autoencoder_folder.load_latents(Path(params.latents), ids[::-1])
     assert latents["latent"].shape == (len(ids), params.latent_channels, 16, 16)
     scaled = latents["latent"] * report["scale_factor"]
     assert scaled.std().item() == pytest.approx(1.0, abs=0.15)
@@ -102,6 +103,6 @@ def test_bad_inputs_name_the_field_or_the_stage(tiny_config: Config, tmp_path: P
     with pytest.raises(AutoencoderError, match=r"autoencoder\.pretrained: .*no config\.json"):
         ae.load_pretrained(str(tmp_path / "nowhere"))
     with pytest.raises(AutoencoderError, match=r"dvc repro autoencoder"):
-        autoencoder.read_card(tmp_path / "models" / "autoencoder")
+        autoencoder_folder.read_card(tmp_path / "models" / "autoencoder")
     with pytest.raises(AutoencoderError, match=r"dvc repro autoencoder"):
-        autoencoder.load_latents(tmp_path / "latents.npz", ["a"])
+        autoencoder_folder.load_latents(tmp_path / "latents.npz", ["a"])

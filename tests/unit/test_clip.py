@@ -3,8 +3,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from rdm.artifacts.clip import ClipError
+from rdm.artifacts.manifest import read_manifest
 from rdm.config import Config
-from rdm.data.manifest import read_manifest
 from rdm.embedding import model as clip_model
 from rdm.embedding.encode import load_images
 from rdm.embedding.train import train_clip
@@ -14,15 +15,20 @@ from rdm.stages import clip, generate, prepare
 @pytest.fixture
 def prepared(tiny_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
-    generate.run(tiny_config.generate.model_copy(update={"image_size": 64}), progress=False)
+    generate.run(
+        tiny_config.model_copy(
+            update={"generate": tiny_config.generate.model_copy(update={"image_size": 64})}
+        ),
+        progress=False,
+    )
     prepare.run(tiny_config.prepare, tiny_config.s3, progress=False)
     return Path(tiny_config.prepare.out)
 
 
 def test_unknown_model_and_weights_are_named(tmp_path: Path) -> None:
-    with pytest.raises(clip_model.ClipError, match=r"clip\.model: 'ViT-Imaginary'"):
+    with pytest.raises(ClipError, match=r"clip\.model: 'ViT-Imaginary'"):
         clip_model.create("ViT-Imaginary")
-    with pytest.raises(clip_model.ClipError, match=r"clip\.pretrained: 'no-such-tag'.*tags: .*laion"):
+    with pytest.raises(ClipError, match=r"clip\.pretrained: 'no-such-tag'.*tags: .*laion"):
         clip_model.create("ViT-B-32", "no-such-tag")
 
 
@@ -32,7 +38,7 @@ def test_weights_from_a_local_file(tiny_config: Config, prepared: Path, tmp_path
     weights = tmp_path / "my-clip.pt"
     torch.save(source.state_dict(), weights)
     params = tiny_config.clip.model_copy(update={"pretrained": str(weights)})
-    report = clip.run(params, prepared, progress=False)
+    report = clip.run(params, prepared, tiny_config.sample.style_text, progress=False)
     assert report["source"] == str(weights) and "final_loss" not in report
     loaded = clip_model.load(Path(params.out), "cpu")
     assert loaded.card.source == str(weights) and loaded.card.embed_dim == 128

@@ -31,7 +31,6 @@ def test_the_projects_params_file_is_valid() -> None:
         ({"generate": {"style_caption_fraction": 1.5}}, "generate.style_caption_fraction", "less than"),
         ({"generate": {"train_images": 0}}, "generate.train_images", "greater than"),
         ({"prepare": {"workers": 1000}}, "prepare.workers", "less than"),
-        ({"generate": {"styles": ["neon", "cubism"]}}, "generate", "cubism"),
         ({"generate": {"held_out_styles": ["neon"], "styles": ["mosaic"]}}, "generate", "neon"),
         ({"generate": {"styles": ["neon"], "held_out_styles": ["neon"]}}, "generate", "at least one style"),
         ({"autoencoder": {"image_size": 66}}, "autoencoder", "divisible by the downsampling factor 4"),

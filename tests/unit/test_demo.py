@@ -9,7 +9,8 @@ from PIL import Image
 from rdm.config import Config
 from rdm.data.demo.contents import CONTENTS
 from rdm.data.demo.generate import generate_demo
-from rdm.data.demo.styles import STYLE_WORDS
+from rdm.data.demo.styles import RENDERERS
+from rdm.errors import UserError
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
@@ -22,14 +23,18 @@ def image_hashes(folder: Path) -> set[str]:
 
 @pytest.fixture
 def demo(tiny_config: Config, tmp_path: Path) -> Path:
-    return generate_demo(tiny_config.generate, tmp_path / "raw", progress=False).out
+    return generate_demo(
+        tiny_config.generate, tiny_config.sample.style_text, tmp_path / "raw", progress=False
+    ).out
 
 
 def test_same_seed_gives_the_same_bytes(tiny_config: Config, demo: Path, tmp_path: Path) -> None:
-    again = generate_demo(tiny_config.generate, tmp_path / "again", progress=False).out
+    again = generate_demo(
+        tiny_config.generate, tiny_config.sample.style_text, tmp_path / "again", progress=False
+    ).out
     assert tree_bytes(demo) == tree_bytes(again)
     reseeded = tiny_config.generate.model_copy(update={"seed": 1})
-    other = generate_demo(reseeded, tmp_path / "other", progress=False).out
+    other = generate_demo(reseeded, tiny_config.sample.style_text, tmp_path / "other", progress=False).out
     assert image_hashes(other).isdisjoint(image_hashes(demo))
 
 
@@ -81,7 +86,7 @@ def test_d_train_is_general_with_each_seen_style_a_few_percent(tiny_config: Conf
 
 def test_held_out_style_never_reaches_training_data(tiny_config: Config, demo: Path) -> None:
     held_out = tiny_config.generate.held_out_styles
-    words = {w for s in held_out for w in (s, STYLE_WORDS[s])}
+    words = {w for s in held_out for w in (s, tiny_config.sample.style_text(s))}
     for split in ("train", "d_train"):
         manifest = pd.read_csv(demo / split / "manifest.csv")
         assert not set(manifest["style"]) & set(held_out)
@@ -90,18 +95,26 @@ def test_held_out_style_never_reaches_training_data(tiny_config: Config, demo: P
         assert len(list((demo / "styles" / style).glob("*.png"))) == tiny_config.generate.style_images
 
 
-def test_captions_name_the_content_and_some_name_the_style(demo: Path) -> None:
+def test_captions_name_the_content_and_some_name_the_style(tiny_config: Config, demo: Path) -> None:
+    style_words = {style: tiny_config.sample.style_text(style) for style in RENDERERS}
     manifest = pd.read_csv(demo / "train" / "manifest.csv")
     for row in manifest.itertuples():
         assert row.content in row.caption
     styled = manifest[~manifest["style"].isin(["plain", "shaded", "sketch"])]
-    names_style = [STYLE_WORDS[row.style] in row.caption for row in styled.itertuples()]
+    names_style = [style_words[row.style] in row.caption for row in styled.itertuples()]
     assert 0 < sum(names_style) < len(names_style)
     prompts = pd.read_csv(demo / "prompts.csv")
     general = {"plain", "shaded", "sketch"}
     assert not any(
-        word in p for p in prompts["prompt"] for w, word in STYLE_WORDS.items() if w not in general
+        word in p for p in prompts["prompt"] for w, word in style_words.items() if w not in general
     )
+
+
+def test_unknown_style_is_refused_before_drawing(tiny_config: Config, tmp_path: Path) -> None:
+    params = tiny_config.generate.model_copy(update={"styles": ["neon", "cubism"]})
+    with pytest.raises(UserError, match=r"unknown style\(s\) \['cubism'\]"):
+        generate_demo(params, tiny_config.sample.style_text, tmp_path / "raw", progress=False)
+    assert not (tmp_path / "raw").exists()
 
 
 def texture_features(path: Path) -> np.ndarray:
@@ -115,7 +128,9 @@ def texture_features(path: Path) -> np.ndarray:
 
 def test_styles_differ_in_texture_not_only_colour(tiny_config: Config, tmp_path: Path) -> None:
     params = tiny_config.generate.model_copy(update={"style_images": 20, "image_size": 64})
-    root = generate_demo(params, tmp_path / "raw", progress=False).out / "styles"
+    root = (
+        generate_demo(params, tiny_config.sample.style_text, tmp_path / "raw", progress=False).out / "styles"
+    )
     styles = sorted(p.name for p in root.iterdir())
     features = {s: np.stack([texture_features(p) for p in sorted((root / s).glob("*.png"))]) for s in styles}
     centroids = np.stack([features[s][:10].mean(axis=0) for s in styles])

@@ -13,9 +13,10 @@ from rdm.config import UNetParams
 from rdm.data.training import TensorRows, TrainingTensors
 from rdm.diffusion.context import drop_context, neighbor_context, random_k, sampling_context
 from rdm.diffusion.guidance import denoise, seeded_noise
-from rdm.diffusion.schedule import make_sampler, noise_schedule
+from rdm.diffusion.noise_schedule import noise_schedule
+from rdm.diffusion.samplers import make_sampler
 from rdm.models import unet as unet_builder
-from rdm.models.diffusion import RetrievalDiffusion, min_snr_weights, offset_noise
+from rdm.models.lightning_module import RdmLightningModule, min_snr_weights, offset_noise
 
 TINY_UNET = UNetParams(
     block_out_channels=[32, 32], cross_attention=[False, True], head_channels=16, norm_groups=8
@@ -24,12 +25,12 @@ LATENT = (4, 8, 8)
 DIM = 16
 
 
-def tiny_module(**overrides: object) -> RetrievalDiffusion:
+def tiny_module(**overrides: object) -> RdmLightningModule:
     torch.manual_seed(0)
     settings: dict = dict(
         unet=TINY_UNET.model_dump(), latent_shape=LATENT, context_dim=DIM, scale_factor=1.0, lr=2e-3
     )
-    return RetrievalDiffusion(**(settings | overrides))
+    return RdmLightningModule(**(settings | overrides))
 
 
 def tiny_tensors(n: int, k: int = 2) -> TrainingTensors:
@@ -43,7 +44,7 @@ def tiny_tensors(n: int, k: int = 2) -> TrainingTensors:
     )
 
 
-def fit(module: RetrievalDiffusion, data: DataLoader, steps: int, root: Path, callbacks: list) -> None:
+def fit(module: RdmLightningModule, data: DataLoader, steps: int, root: Path, callbacks: list) -> None:
     L.Trainer(
         max_steps=steps,
         logger=False,
@@ -264,31 +265,34 @@ def test_dpm_solver_follows_the_same_ode_as_ddim_in_fewer_steps() -> None:
     module = tiny_module().eval()
     context = sampling_context(torch.randn(3, DIM), torch.randn(3, 2, DIM))
     noise = seeded_noise(LATENT, [0, 1, 2])
-    reference = denoise(module.unet, make_sampler("ddim", module.schedule.config), context, noise, 250, 2.0)
-    dpm = denoise(module.unet, make_sampler("dpm", module.schedule.config), context, noise, 20, 2.0)
-    coarse = denoise(module.unet, make_sampler("ddim", module.schedule.config), context, noise, 20, 2.0)
+    reference = denoise(
+        module.unet, make_sampler("ddim", module.noise_schedule.config), context, noise, 250, 2.0
+    )
+    dpm = denoise(module.unet, make_sampler("dpm", module.noise_schedule.config), context, noise, 20, 2.0)
+    coarse = denoise(module.unet, make_sampler("ddim", module.noise_schedule.config), context, noise, 20, 2.0)
     error = (dpm - reference).abs().mean() / reference.abs().mean()
     assert error < 0.05, error  # DPM-Solver++ in 20 steps lands where DDIM does in 250
     assert error < (coarse - reference).abs().mean() / reference.abs().mean()  # and beats DDIM in 20
     torch.testing.assert_close(
-        dpm, denoise(module.unet, make_sampler("dpm", module.schedule.config), context, noise, 20, 2.0)
+        dpm, denoise(module.unet, make_sampler("dpm", module.noise_schedule.config), context, noise, 20, 2.0)
     )
     with pytest.raises(ValueError, match="unknown sampler 'plms'"):
-        make_sampler("plms", module.schedule.config)
+        make_sampler("plms", module.noise_schedule.config)
 
 
 @pytest.mark.slow
 def test_a_compiled_model_draws_the_same_images() -> None:
     """torch.compile (inductor here; CUDA graphs on a GPU) changes the speed, not the pictures."""
+    from rdm.artifacts.model import ModelCard
     from rdm.config import AutoencoderParams
     from rdm.models import autoencoder
-    from rdm.models.package import ModelCard, RetrievalDiffusionModel
+    from rdm.models.pipeline import RdmPipeline
 
     module = tiny_module().eval()
     shape = AutoencoderParams(image_size=16, block_out_channels=[8, 8], latent_channels=4)  # latents 4x8x8
     vae = autoencoder.build(shape).eval()
     card = ModelCard(2, DIM, LATENT, 16, 1.0, "rdm-tiny", "test", 0)
-    model = RetrievalDiffusionModel(module.unet, vae, module.schedule.config, card)
+    model = RdmPipeline(module.unet, vae, module.noise_schedule.config, card)
     context = sampling_context(torch.randn(2, DIM), torch.randn(2, 2, DIM))
     eager = model.generate(context, steps=3, guidance_scale=3.0, seed=[4, 9])
     model.compile()

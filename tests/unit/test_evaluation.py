@@ -13,6 +13,8 @@ import yaml
 from PIL import Image
 from scipy import linalg
 
+from rdm.artifacts.autoencoder import read_reconstructions
+from rdm.artifacts.samples import METHODS, NULL, OTHER_STYLE, POSTFIX, POSTFIX_TEXT, RETRIEVAL
 from rdm.config import ClassifierParams, ConfigError, EvaluateParams, config_from_dict
 from rdm.errors import UserError
 from rdm.evaluation.classifier import FittedClassifier, fit_classifier, holdout_split
@@ -21,8 +23,8 @@ from rdm.evaluation.metrics import frechet_distance
 from rdm.evaluation.report import compare_methods, format_table, style_differences, summary
 from rdm.evaluation.scores import ceiling, context_hits, sample_scores, score_table
 from rdm.evaluation.split import classifier_ids
-from rdm.sampling.batch import METHODS, NULL, OTHER_STYLE, POSTFIX, POSTFIX_TEXT, RETRIEVAL, Request, plan
-from rdm.stages.evaluate import read_pixels, read_reconstructions, style_classifier
+from rdm.sampling.batch import Request, plan
+from rdm.stages.evaluate import read_pixels, style_classifier
 from tests.support import REPO_ROOT
 
 

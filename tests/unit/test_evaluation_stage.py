@@ -12,13 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
+from rdm.artifacts.clip import ClipCard
+from rdm.artifacts.embeddings import VectorChunks
+from rdm.artifacts.manifest import Record, write_manifest
+from rdm.artifacts.samples import NULL, OTHER_STYLE, POSTFIX, POSTFIX_TEXT, RETRIEVAL
 from rdm.config import Config, config_from_dict
-from rdm.data.manifest import Record, write_manifest
-from rdm.embedding.model import ClipCard
-from rdm.embedding.vectors import VectorChunks
 from rdm.evaluation.split import classifier_ids
 from rdm.files import write_jsonl
-from rdm.sampling.batch import NULL, OTHER_STYLE, POSTFIX, POSTFIX_TEXT, RETRIEVAL
 from rdm.stages import evaluate
 
 STYLES = ["hatching", "neon", "ukiyo_e"]

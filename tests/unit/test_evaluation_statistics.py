@@ -5,11 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from rdm.artifacts.samples import POSTFIX, RETRIEVAL
 from rdm.evaluation.bootstrap import bootstrap_mean
 from rdm.evaluation.scores import paired_differences
 from rdm.evaluation.sensitivity import conditioning_sensitivity, pairs_within
 from rdm.evaluation.split import classifier_ids, classifier_images, id_position
-from rdm.sampling.batch import POSTFIX, RETRIEVAL
 
 IDS = [f"{n:064x}" for n in range(5000)]
 

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from rdm.artifacts.manifest import read_manifest
 from rdm.cli import main
 from rdm.data.images import Limits
 from rdm.data.ingest import IngestResult, ingest
-from rdm.data.manifest import read_manifest
 from rdm.data.sources import SourceError, open_source
 from tests.support import MESSY_CAPTIONS, messy_files
 

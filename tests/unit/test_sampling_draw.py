@@ -11,19 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
+from rdm.artifacts.samples import METHODS, NULL, OTHER_STYLE, POSTFIX, POSTFIX_TEXT, RETRIEVAL
 from rdm.config import SampleParams
 from rdm.errors import UserError
 from rdm.retrieval.store import Hit
-from rdm.sampling.batch import (
-    METHODS,
-    NULL,
-    OTHER_STYLE,
-    POSTFIX,
-    POSTFIX_TEXT,
-    RETRIEVAL,
-    StylizedSampler,
-    plan,
-)
+from rdm.sampling.batch import StylizedSampler, plan
 from rdm.sampling.context import ContextBuilder
 from rdm.sampling.grid import write_grids
 from rdm.sampling.unconditional import unconditional_requests

@@ -4,18 +4,8 @@ retrieves from a fixed other collection."""
 
 import pytest
 
-from rdm.sampling.batch import (
-    FLOORS,
-    METHODS,
-    NULL,
-    OTHER_STYLE,
-    POSTFIX,
-    POSTFIX_TEXT,
-    RETRIEVAL,
-    Request,
-    other_style,
-    plan,
-)
+from rdm.artifacts.samples import FLOORS, METHODS, NULL, OTHER_STYLE, POSTFIX, POSTFIX_TEXT, RETRIEVAL
+from rdm.sampling.batch import Request, other_style, plan
 
 PROMPTS = ["a red star", "a blue moon"]
 STYLES = ["neon", "mosaic"]

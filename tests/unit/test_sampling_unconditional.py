@@ -8,8 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from rdm.artifacts.samples import UNCONDITIONAL
 from rdm.errors import UserError
-from rdm.sampling.batch import UNCONDITIONAL, Request
+from rdm.sampling.batch import Request
 from rdm.sampling.unconditional import (
     most_retrieved,
     pseudo_queries,

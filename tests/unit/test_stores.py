@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rdm.artifacts.clip import ClipCard
 from rdm.config import StoreParams
-from rdm.embedding.model import ClipCard
+from rdm.retrieval.backends import open_store
 from rdm.retrieval.edge import EdgeStore
-from rdm.retrieval.store import CollectionBusy, CollectionError, VectorStore, open_store
+from rdm.retrieval.store import CollectionBusy, CollectionError, VectorStore
 
 CARD = ClipCard(model="rdm-tiny", source="trained", embed_dim=16, fingerprint="aaaa")
 OTHER = ClipCard(model="ViT-B-32", source="openai", embed_dim=16, fingerprint="bbbb")
@@ -124,7 +125,8 @@ def test_edge_collection_reopens_in_another_process(tmp_path: Path) -> None:
         store.ensure("d_train", CARD)
         store.upsert("d_train", ids, vectors, payloads)
     code = (
-        "from rdm.config import StoreParams; from rdm.retrieval.store import open_store; import numpy as np\n"
+        "from rdm.config import StoreParams; from rdm.retrieval.backends import open_store\n"
+        "import numpy as np\n"
         f"s = open_store(StoreParams(backend='edge', path={str(tmp_path / 'qdrant')!r}))\n"
         "hit = s.query('d_train', np.eye(16, dtype=np.float32)[:1], 1)[0][0]\n"
         "print(s.info('d_train').points, hit.payload['n'])"

@@ -7,15 +7,16 @@ one of the top k shows the caption's content (or, for captions that name a style
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 
-def names_style(caption: str, style: str | None) -> bool:
+def names_style(caption: str, style: str | None, style_text: Callable[[str], str]) -> bool:
+    """Whether the caption names the style: by its name, with spaces for underscores, or its words."""
     if not style:
         return False
-    words = {style.lower(), style.lower().replace("_", " "), style.lower().replace("_", "-")}
+    words = {style.lower(), style.lower().replace("_", " "), style_text(style).lower()}
     return any(re.search(rf"\b{re.escape(w)}\b", caption.lower()) for w in words)
 
 
@@ -35,6 +36,7 @@ def text_to_image_metrics(
     captions: Sequence[str],
     contents: Sequence[str | None],
     styles: Sequence[str | None],
+    style_text: Callable[[str], str],
 ) -> dict[str, float | int | None]:
     """text (N, D) and image (N, D) vectors of the same N held-out images."""
     similarity = text_vectors @ image_vectors.T
@@ -43,7 +45,9 @@ def text_to_image_metrics(
         for k in (1, 5):
             metrics[f"content_top{k}"] = round(hit_rate(similarity, contents, contents, k), 4)
         metrics["content_chance_top1"] = round(1 / len(set(contents)), 4)
-    styled = [i for i, (c, s) in enumerate(zip(captions, styles, strict=True)) if names_style(c, s)]
+    styled = [
+        i for i, (c, s) in enumerate(zip(captions, styles, strict=True)) if names_style(c, s, style_text)
+    ]
     metrics["style_named_captions"] = len(styled)
     if styled:
         rows = similarity[styled]

@@ -1,44 +1,24 @@
 """One way to hold, save and load the pipeline's CLIP model.
 
-The `clip` stage always writes an open_clip "local-dir" folder (`open_clip_config.json` plus
-`open_clip_model.safetensors`), whatever the weights came from, so every later stage (and any
-open_clip user: `create_model_and_transforms("local-dir:models/clip")`) loads it one way. A card
-(`rdm_clip.json`) names the model, where its weights came from and a fingerprint of them: the
-collections record it, so vectors from two different CLIPs are never mixed.
+The `clip` stage always writes an open_clip "local-dir" folder (`rdm.artifacts.clip`), whatever the
+weights came from, so every later stage (and any open_clip user:
+`create_model_and_transforms("local-dir:models/clip")`) loads it one way.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rdm.errors import UserError
+from rdm.artifacts.clip import CONFIG, WEIGHTS, ClipCard, ClipError, read_card, write_card
+from rdm.devices import resolve_device
 
 if TYPE_CHECKING:
     import torch
 
 BUILTIN_CONFIGS = Path(__file__).parent
-CARD = "rdm_clip.json"
-WEIGHTS = "open_clip_model.safetensors"
-CONFIG = "open_clip_config.json"
-
-
-class ClipError(UserError):
-    pass
-
-
-@dataclass(frozen=True)
-class ClipCard:
-    model: str
-    """The open_clip model name the architecture came from."""
-    source: str
-    """`trained` or the pretrained tag / file the weights came from."""
-    embed_dim: int
-    fingerprint: str
-    """sha256 (first 16 hex digits) of the saved weights."""
 
 
 @dataclass
@@ -99,16 +79,6 @@ def _autocast(device: torch.device) -> Any:
     return torch.autocast("cpu", enabled=False)
 
 
-def resolve_device(name: str) -> torch.device:
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ClipError("device is 'cuda' but no CUDA device is visible; set it to 'auto' or 'cpu'")
-    return torch.device(name)
-
-
 def register_builtin_configs() -> None:
     import open_clip
 
@@ -166,17 +136,7 @@ def save(model: Any, name: str, source: str, out: Path) -> ClipCard:
     (out / CONFIG).write_text(json.dumps({"model_cfg": config, "preprocess_cfg": preprocess_cfg}, indent=2))
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(out / WEIGHTS))
-    digest = hashlib.sha256((out / WEIGHTS).read_bytes()).hexdigest()[:16]
-    card = ClipCard(model=name, source=source, embed_dim=int(config["embed_dim"]), fingerprint=digest)
-    (out / CARD).write_text(json.dumps(asdict(card), indent=2) + "\n")
-    return card
-
-
-def read_card(folder: Path) -> ClipCard:
-    path = folder / CARD
-    if not path.is_file():
-        raise ClipError(f"{folder}: no CLIP model here; run `dvc repro clip` (or `rdm clip`) first")
-    return ClipCard(**json.loads(path.read_text()))
+    return write_card(out, name, source, int(config["embed_dim"]))
 
 
 def load(folder: Path, device: str = "auto") -> Clip:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from rdm.sampling.batch import POSTFIX, POSTFIX_TEXT, RETRIEVAL
+from rdm.artifacts.samples import POSTFIX, POSTFIX_TEXT, RETRIEVAL
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from rdm.artifacts.samples import FLOORS, NULL, OTHER_STYLE, POSTFIX, POSTFIX_TEXT, RETRIEVAL
 from rdm.evaluation.bootstrap import Interval
 from rdm.evaluation.classifier import FittedClassifier
 from rdm.evaluation.scores import (
@@ -24,7 +25,6 @@ from rdm.evaluation.scores import (
     mean_over_styles,
     paired_differences,
 )
-from rdm.sampling.batch import FLOORS, NULL, OTHER_STYLE, POSTFIX, POSTFIX_TEXT, RETRIEVAL
 
 HELD_OUT_MARK = "*"
 

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from rdm.artifacts.samples import FLOORS, POSTFIX, POSTFIX_TEXT, RETRIEVAL, on_style_share
 from rdm.evaluation.bootstrap import Interval, bootstrap_mean
 from rdm.evaluation.classifier import FittedClassifier
 from rdm.evaluation.labels import hits
 from rdm.evaluation.metrics import cosine_similarity, frechet_distance
 from rdm.retrieval.store import style_collection
-from rdm.sampling.batch import FLOORS, POSTFIX, POSTFIX_TEXT, RETRIEVAL, on_style_share
 
 BASELINES = (POSTFIX, POSTFIX_TEXT)
 """What retrieval is compared with, pair by pair."""

@@ -43,7 +43,7 @@ def classifier_ids(ids: Iterable[str], share: float, seed: int) -> set[str]:
 def classifier_share(config: Config) -> set[str]:
     """The prepared style images kept for the classifier: what the embed stage leaves out of every
     collection (`evaluate.classifier_share`, `evaluate.split_seed`)."""
-    from rdm.data.manifest import read_manifest
+    from rdm.artifacts.manifest import read_manifest
 
     styles = read_manifest(Path(config.prepare.out) / "styles.parquet")
     return classifier_ids(styles["id"], config.evaluate.classifier_share, config.evaluate.split_seed)

@@ -18,8 +18,8 @@ from typing import Any, TypeAlias
 import torch
 from tqdm import tqdm
 
+from rdm.artifacts.autoencoder import AutoencoderError
 from rdm.config import AutoencoderParams
-from rdm.errors import UserError
 
 AutoencoderKL: TypeAlias = Any
 """A diffusers AutoencoderKL, typed loosely: diffusers' lazy modules hide torch's methods from mypy."""
@@ -28,10 +28,6 @@ AutoencoderKL: TypeAlias = Any
 NORM_GROUPS = 4
 """GroupNorm groups: few, so each group mixes channels; one channel per group would normalise away
 every image's colour (measured: reconstructions turned brown)."""
-
-
-class AutoencoderError(UserError):
-    pass
 
 
 def to_pixels(images: torch.Tensor) -> torch.Tensor:

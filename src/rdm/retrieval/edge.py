@@ -35,8 +35,8 @@ from qdrant_edge import (
     UpdateOperation,
 )
 
+from rdm.artifacts.clip import ClipCard
 from rdm.config import StoreParams
-from rdm.embedding.model import ClipCard
 from rdm.retrieval.store import CollectionError, CollectionInfo, Hit, VectorStore, ids_digest, point_id
 
 META = "collection.json"

@@ -15,8 +15,8 @@ from typing import Any, cast
 import numpy as np
 from qdrant_client import QdrantClient, models
 
+from rdm.artifacts.clip import ClipCard
 from rdm.config import StoreParams
-from rdm.embedding.model import ClipCard
 from rdm.retrieval.store import CollectionError, CollectionInfo, Hit, VectorStore, point_id
 
 UPSERT_BATCH = 1000

@@ -11,7 +11,6 @@ new one, never a mix; a per-collection lock lets one revision run at a time.
 
 from __future__ import annotations
 
-import os
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -22,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from rdm.artifacts.clip import ClipCard
 from rdm.config import StoreParams
-from rdm.embedding.model import ClipCard
 from rdm.errors import UserError
 from rdm.files import Busy, exclusive
 
@@ -234,21 +233,3 @@ class VectorStore(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def open_store(params: StoreParams) -> VectorStore:
-    """The backend named by RDM_STORE_BACKEND or `store.backend`: configuration, never code, chooses it."""
-    backend = os.environ.get("RDM_STORE_BACKEND") or params.backend
-    if backend not in ("edge", "server"):
-        raise CollectionError(f"RDM_STORE_BACKEND={backend!r}: expected 'edge' or 'server'")
-    if backend == "edge":
-        from rdm.retrieval.edge import EdgeStore
-
-        return EdgeStore(params)
-    from rdm.retrieval.server import ServerStore
-
-    url = params.url or os.environ.get("QDRANT_URL")
-    if not url:
-        raise CollectionError("store.backend is 'server' but neither store.url nor QDRANT_URL is set")
-    api_key = params.api_key.get_secret_value() if params.api_key else os.environ.get("QDRANT_API_KEY")
-    return ServerStore(params, url, api_key)

@@ -1,15 +1,5 @@
-"""Batches of samples: prompts x styles x seeds, each drawn by one method, written as PNGs with one
-JSONL line per image.
-
-Methods (`sample.methods`), each the prompt drawn in a style:
-    retrieval     the prompt's CLIP text vector and its k neighbours from the collection `style-<style>`
-    postfix       the prompt plus "in the style of <style>", its k neighbours from D_train
-    postfix_text  the prompt plus "in the style of <style>" alone (query_only: knn2img's text-only mode)
-Floors (`sample.floor_per_style` of each), what a style score must beat:
-    null          the all-zero context: what the model draws with no conditioning at all
-    other_style   retrieval as above, but from another style's collection (the next in sorted order)
-And `rdm sample --unconditional` (rdm.sampling.unconditional):
-    unconditional a D_train image's CLIP vector as a pseudo-query, its k neighbours from a collection
+"""Batches of samples: prompts x styles x seeds, each drawn by one method (`rdm.artifacts.samples`
+names them), written as PNGs with one JSONL line per image.
 """
 
 from __future__ import annotations
@@ -25,21 +15,23 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from rdm.artifacts.model import ModelError
+from rdm.artifacts.samples import (
+    FLOORS,
+    IMAGES,
+    METHODS,
+    NULL,
+    OTHER_STYLE,
+    POSTFIX,
+    POSTFIX_TEXT,
+    write_samples,
+)
 from rdm.config import Config, SampleParams
 from rdm.diffusion.context import QueryMode
 from rdm.errors import UserError
-from rdm.models.package import ModelError, RetrievalDiffusionModel
+from rdm.models.pipeline import RdmPipeline
 from rdm.retrieval.store import D_TRAIN, Hit, style_collection
 from rdm.sampling.context import ContextBuilder
-
-RETRIEVAL, POSTFIX, POSTFIX_TEXT = "retrieval", "postfix", "postfix_text"
-NULL, OTHER_STYLE = "null", "other_style"
-UNCONDITIONAL = "unconditional"
-METHODS = (RETRIEVAL, POSTFIX, POSTFIX_TEXT)
-"""What `sample.methods` may list: ways to draw a prompt in a style."""
-FLOORS = (NULL, OTHER_STYLE)
-"""Drawn `sample.floor_per_style` times per style: the scores a method must beat."""
-RECORDS = "samples.jsonl"
 
 
 @dataclass(frozen=True)
@@ -99,17 +91,12 @@ def plan(
     ]
 
 
-def on_style_share(neighbors: Sequence[dict[str, Any]], style: str) -> float:
-    """The share of a sample's recorded neighbours that belong to `style` (NaN with no neighbours)."""
-    return sum(n.get("style") == style for n in neighbors) / len(neighbors) if neighbors else float("nan")
-
-
 class StylizedSampler:
     """One model and one retriever, drawing batches of requests with the settings of `sample`."""
 
     def __init__(
         self,
-        model: RetrievalDiffusionModel,
+        model: RdmPipeline,
         contexts: ContextBuilder,
         params: SampleParams,
         model_info: dict[str, Any],
@@ -197,11 +184,9 @@ class StylizedSampler:
         """Sample every request into `out/images/`; returns the records (also in `out/samples.jsonl`).
         Batches hold contexts of one token count; a null sample is drawn once per seed (it depends on
         nothing else) and saved for every style."""
-        from rdm.files import write_jsonl
-
         if not requests:
             raise UserError("nothing to sample: no prompts, styles or images were asked for")
-        (out / "images").mkdir(parents=True, exist_ok=True)
+        (out / IMAGES).mkdir(parents=True, exist_ok=True)
         contexts, hits = self.condition(requests)
         drawings: dict[Hashable, list[int]] = {}  # one image each, for these requests
         for n, request in enumerate(requests):
@@ -226,14 +211,14 @@ class StylizedSampler:
                         for n in members:
                             records[n] = self._save(n, requests[n], image, hits[n], out)
                     bar.update(len(batch))
-        write_jsonl(out / RECORDS, records)
+        write_samples(out, records)
         return records
 
     def _save(
         self, n: int, request: Request, image: np.ndarray, hits: list[Hit], out: Path
     ) -> dict[str, Any]:
         collection = self.collection(request)
-        file = f"images/{n:05d}-{request.style or collection}-{request.method}-s{request.seed}.png"
+        file = f"{IMAGES}/{n:05d}-{request.style or collection}-{request.method}-s{request.seed}.png"
         Image.fromarray(image).save(out / file)
         query = (
             None if request.method == NULL else request.image or request.query_id or self.query_text(request)
@@ -258,15 +243,13 @@ class StylizedSampler:
 
 @contextmanager
 def open_sampler(
-    config: Config, model: RetrievalDiffusionModel, model_info: dict[str, Any], k: int
+    config: Config, model: RdmPipeline, model_info: dict[str, Any], k: int
 ) -> Iterator[StylizedSampler]:
     """A sampler over the pipeline's CLIP and store; refuses a CLIP other than the model's."""
-    import json
-
+    from rdm.artifacts.embeddings import read_vectors
     from rdm.embedding.model import load as load_clip
-    from rdm.embedding.vectors import VectorChunks
+    from rdm.retrieval.backends import open_store
     from rdm.retrieval.search import Retriever
-    from rdm.retrieval.store import open_store
 
     clip = load_clip(Path(config.clip.out), config.sample.device)
     if clip.card.fingerprint != model.card.clip_fingerprint:
@@ -277,14 +260,8 @@ def open_sampler(
         )
 
     def d_train_vectors(ids: Sequence[str]) -> np.ndarray:
-        """(B, D) CLIP vectors of D_train images (read only: VectorChunks would empty a stale folder)."""
-        folder = Path(config.embed.out) / "d_train"
-        meta = folder / "meta.json"
-        if not meta.is_file() or json.loads(meta.read_text()).get("fingerprint") != clip.card.fingerprint:
-            raise UserError(
-                f"{folder}: no D_train embeddings of CLIP {clip.card.model}; run `dvc repro embed`"
-            )
-        return VectorChunks(folder, clip.card).vectors_for(list(ids))
+        """(B, D) CLIP vectors of D_train images."""
+        return read_vectors(Path(config.embed.out) / "d_train", clip.card, ids)
 
     with open_store(config.store) as store:
         builder = ContextBuilder(Retriever(store, clip), k, config.sample.query)

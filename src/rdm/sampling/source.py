@@ -12,23 +12,22 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from rdm.artifacts.model import CARD, ModelError
 from rdm.config import Config
-from rdm.models.package import CARD, ModelError, RetrievalDiffusionModel, load_model
+from rdm.models.pipeline import RdmPipeline, load_pipeline
 
 REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 
 
-def open_model(
-    source: str, config: Config, device: str = "auto"
-) -> tuple[RetrievalDiffusionModel, dict[str, Any]]:
+def open_model(source: str, config: Config, device: str = "auto") -> tuple[RdmPipeline, dict[str, Any]]:
     """Load the model `source` names; returns (model, {uri, version, run_id, steps})."""
     if source.startswith("models:/"):
         return _from_registry(source, config, device)
     path = Path(source)
     if path.suffix == ".ckpt":
-        model = load_model(Path(config.train.out), device, checkpoint=path)
+        model = load_pipeline(Path(config.train.out), device, checkpoint=path)
     elif path.is_dir():
-        model = load_model(path, device)
+        model = load_pipeline(path, device)
     else:
         raise ModelError(
             f"{source}: not a model; give a registry URI (models:/rdm@latest), a model folder "
@@ -37,7 +36,7 @@ def open_model(
     return model, _describe(model, str(path), version=None)
 
 
-def _from_registry(uri: str, config: Config, device: str) -> tuple[RetrievalDiffusionModel, dict[str, Any]]:
+def _from_registry(uri: str, config: Config, device: str) -> tuple[RdmPipeline, dict[str, Any]]:
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -68,9 +67,9 @@ def _from_registry(uri: str, config: Config, device: str) -> tuple[RetrievalDiff
             raise ModelError(
                 f"{uri}: version {version.version} holds no model folder (no artifacts/*/{CARD})"
             )
-        model = load_model(cards[0].parent, device)
+        model = load_pipeline(cards[0].parent, device)
     return model, _describe(model, uri, version=str(version.version))
 
 
-def _describe(model: RetrievalDiffusionModel, uri: str, version: str | None) -> dict[str, Any]:
+def _describe(model: RdmPipeline, uri: str, version: str | None) -> dict[str, Any]:
     return {"uri": uri, "version": version, "run_id": model.card.run_id, "steps": model.card.steps}

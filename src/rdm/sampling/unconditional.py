@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from rdm.artifacts.samples import UNCONDITIONAL
 from rdm.errors import UserError
 from rdm.retrieval.store import D_TRAIN, style_collection
-from rdm.sampling.batch import UNCONDITIONAL, Request
+from rdm.sampling.batch import Request
 
 
 def retrieval_counts(neighbors_path: Path) -> dict[str, int]:

@@ -11,8 +11,6 @@ for the `train` stage.
 
 from __future__ import annotations
 
-import io
-import json
 import shutil
 import time
 from pathlib import Path
@@ -22,19 +20,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+from rdm.artifacts.autoencoder import AutoencoderCard, save_latents, write_card, write_reconstructions
+from rdm.artifacts.manifest import read_manifest
 from rdm.config import AutoencoderParams
-from rdm.data.manifest import read_manifest
+from rdm.devices import resolve_device
 from rdm.embedding.encode import load_images
-from rdm.embedding.model import resolve_device
-from rdm.files import atomic_write_bytes, write_json, write_jsonl
+from rdm.files import write_json
 from rdm.models import autoencoder as ae
-from rdm.models.autoencoder import AutoencoderError
 
-CARD = "rdm_autoencoder.json"
 PSNR_IMAGES = 256
 RECONSTRUCTED_PER_STYLE = 40
-RECONSTRUCTIONS = "reconstructions.jsonl"
-LATENT_FIELDS = ("latent", "latent_flipped")
 
 
 def run(params: AutoencoderParams, prepared: Path, progress: bool = True) -> dict[str, Any]:
@@ -60,8 +55,11 @@ def run(params: AutoencoderParams, prepared: Path, progress: bool = True) -> dic
     latent_shape = list(latents.shape[1:])
     report |= {"scale_factor": round(scale, 6), "latent_shape": latent_shape}
     report |= reconstruction_report(vae, params, prepared, device)
-    card = {k: report[k] for k in ("source", "image_size", "scale_factor", "latent_shape")}
-    (Path(params.out) / CARD).write_text(json.dumps(card, indent=2) + "\n")
+    channels, height, width = latent_shape
+    card = AutoencoderCard(
+        report["source"], params.image_size, report["scale_factor"], (channels, height, width)
+    )
+    write_card(Path(params.out), card)
     if params.latents is not None:
         flipped = ae.encode(vae, images.flip(-1), device)
         save_latents(Path(params.latents), list(train["id"]), latents, flipped)
@@ -105,7 +103,7 @@ def reconstruction_report(
         file = f"{style}-{image_id[:12]}.png"
         Image.fromarray(restored[n].permute(1, 2, 0).numpy()).save(folder / file)
         records.append({"file": file, "style": str(style), "id": str(image_id)})
-    write_jsonl(folder / RECONSTRUCTIONS, records)
+    write_reconstructions(folder, records)
     labels = chosen["style"].to_numpy()
     per_style = {
         str(style): {
@@ -121,49 +119,3 @@ def reconstruction_report(
         "per_style": per_style,
     }
     return report
-
-
-def read_card(folder: Path) -> dict[str, Any]:
-    path = folder / CARD
-    if not path.is_file():
-        raise AutoencoderError(
-            f"{folder}: no autoencoder here; run `dvc repro autoencoder` (or `rdm autoencoder`) first"
-        )
-    card: dict[str, Any] = json.loads(path.read_text())
-    return card
-
-
-def save_latents(path: Path, ids: list[str], *tensors: torch.Tensor) -> None:
-    """ids (N,) and the latents of the images and of their mirror images, each (N, C, h, w) float32."""
-    buffer = io.BytesIO()
-    arrays: dict[str, Any] = {n: t.numpy() for n, t in zip(LATENT_FIELDS, tensors, strict=True)}
-    np.savez(buffer, ids=np.asarray(ids, dtype=str), **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def load_latents(path: Path, ids: list[str]) -> dict[str, torch.Tensor]:
-    """The cached posteriors of `ids`, in that order; a missing id names the stage to rerun."""
-    if not path.is_file():
-        raise AutoencoderError(
-            f"{path}: no cached latents; run `dvc repro autoencoder` (or `rdm autoencoder`)"
-        )
-    with np.load(path) as data:
-        row = {str(i): n for n, i in enumerate(data["ids"])}
-        missing = [i for i in ids if i not in row]
-        if missing:
-            raise AutoencoderError(
-                f"{path}: no latents for {len(missing)} training image(s) (e.g. {missing[0]}); the cache is "
-                "older than the training manifest: run `dvc repro autoencoder`"
-            )
-        index = np.asarray([row[i] for i in ids])
-        return {n: torch.from_numpy(data[n][index]) for n in LATENT_FIELDS}
-
-
-def main() -> int:
-    from rdm.cli import main as cli_main
-
-    return cli_main(["autoencoder"])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -8,6 +8,7 @@ open_clip local-dir folder, and held-out text-to-image retrieval is reported in 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from rdm.artifacts.clip import ClipError
+from rdm.artifacts.manifest import read_manifest
 from rdm.config import ClipParams
-from rdm.data.manifest import read_manifest
+from rdm.devices import resolve_device
 from rdm.embedding import model as clip_model
 from rdm.embedding.encode import encode_paths
 from rdm.embedding.evaluate import text_to_image_metrics
@@ -27,32 +30,21 @@ def holdout_split(manifest: pd.DataFrame, fraction: float, seed: int) -> tuple[p
     """Captioned rows split into (train, holdout), the same for the same ids and seed."""
     captioned = manifest[manifest["caption"].notna()].sort_values("id").reset_index(drop=True)
     if len(captioned) < 4:
-        raise clip_model.ClipError(f"only {len(captioned)} captioned training images; CLIP needs at least 4")
+        raise ClipError(f"only {len(captioned)} captioned training images; CLIP needs at least 4")
     order = np.random.default_rng(seed).permutation(len(captioned))
     n_holdout = max(2, round(len(captioned) * fraction))
     return captioned.iloc[order[n_holdout:]], captioned.iloc[order[:n_holdout]]
 
 
-def run(params: ClipParams, prepared: Path, progress: bool = True) -> dict[str, Any]:
-    from rdm.embedding.encode import load_images
-    from rdm.embedding.train import train_clip
-
+def run(
+    params: ClipParams, prepared: Path, style_text: Callable[[str], str], progress: bool = True
+) -> dict[str, Any]:
+    """Train (or load) the CLIP, save it to `clip.out`, and measure its held-out text-to-image retrieval;
+    a caption names a style in `style_text(style)`, the words prompts use (`sample.style_words`)."""
     started = time.perf_counter()
     manifest = read_manifest(prepared / "train.parquet")
     train_rows, holdout_rows = holdout_split(manifest, params.holdout_fraction, params.seed)
-    torch.manual_seed(params.seed)  # the initial weights, when training
-    model, _ = clip_model.create(params.model, params.pretrained)
-    report: dict[str, Any] = {"model": params.model, "source": params.pretrained or "trained"}
-    if params.pretrained is None:
-        device = clip_model.resolve_device(params.device)
-        images = load_images([prepared / p for p in train_rows["path"]], clip_model.image_size(model))
-        tokenizer = _tokenizer(params.model)
-        history = train_clip(model, tokenizer, images, list(train_rows["caption"]), params, device, progress)
-        report |= {
-            "train_images": len(train_rows),
-            "epochs": params.epochs,
-            "final_loss": round(history[-1], 4),
-        }
+    model, report = clip_weights(params, train_rows, prepared, progress)
     card = clip_model.save(model.cpu(), params.model, report["source"], Path(params.out))
 
     clip = clip_model.load(Path(params.out), params.device)
@@ -66,6 +58,7 @@ def run(params: ClipParams, prepared: Path, progress: bool = True) -> dict[str, 
         list(holdout_rows["caption"]),
         list(holdout_rows["content"]),
         list(holdout_rows["style"]),
+        style_text,
     )
     report |= {"embed_dim": card.embed_dim, "fingerprint": card.fingerprint}
     write_json(Path(params.metrics), report)
@@ -77,17 +70,31 @@ def run(params: ClipParams, prepared: Path, progress: bool = True) -> dict[str, 
     return report
 
 
+def clip_weights(
+    params: ClipParams, train_rows: pd.DataFrame, prepared: Path, progress: bool
+) -> tuple[Any, dict[str, Any]]:
+    """The pretrained CLIP `clip.pretrained` names, or one trained on the training images' captions;
+    with what the report says of it."""
+    from rdm.embedding.encode import load_images
+    from rdm.embedding.train import train_clip
+
+    torch.manual_seed(params.seed)  # the initial weights, when training
+    model, _ = clip_model.create(params.model, params.pretrained)
+    report: dict[str, Any] = {"model": params.model, "source": params.pretrained or "trained"}
+    if params.pretrained is None:
+        device = resolve_device(params.device)
+        images = load_images([prepared / p for p in train_rows["path"]], clip_model.image_size(model))
+        tokenizer = _tokenizer(params.model)
+        history = train_clip(model, tokenizer, images, list(train_rows["caption"]), params, device, progress)
+        report |= {
+            "train_images": len(train_rows),
+            "epochs": params.epochs,
+            "final_loss": round(history[-1], 4),
+        }
+    return model, report
+
+
 def _tokenizer(name: str) -> Any:
     import open_clip
 
     return open_clip.get_tokenizer(name)
-
-
-def main() -> int:
-    from rdm.cli import main as cli_main
-
-    return cli_main(["clip"])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -15,13 +15,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from rdm.artifacts.clip import ClipCard
+from rdm.artifacts.embeddings import VectorChunks
+from rdm.artifacts.manifest import read_manifest
 from rdm.config import EmbedParams, StoreParams
-from rdm.data.manifest import read_manifest
 from rdm.embedding import model as clip_model
 from rdm.embedding.encode import encode_paths
-from rdm.embedding.vectors import VectorChunks
 from rdm.files import write_json
-from rdm.retrieval.store import D_TRAIN, VectorStore, ids_digest, open_store, style_collection
+from rdm.retrieval.backends import open_store
+from rdm.retrieval.store import D_TRAIN, VectorStore, ids_digest, style_collection
 
 SPLITS = ("train", "d_train", "styles")
 
@@ -57,7 +59,7 @@ def fill_collection(
     name: str,
     rows: pd.DataFrame,
     chunks: VectorChunks,
-    card: clip_model.ClipCard,
+    card: ClipCard,
     prepared: Path,
     rebuild_mismatched: bool = False,
 ) -> dict[str, int]:
@@ -113,24 +115,9 @@ def run(
         report["embedded"][split] = embed_split(
             clip, manifests[split], prepared, chunks[split], params, split, progress
         )
-    retrievable = manifests["styles"][~manifests["styles"]["id"].isin(set(keep_out))]
-    collections = {D_TRAIN: (manifests["d_train"], chunks["d_train"])} | {
-        style_collection(style): (rows, chunks["styles"])
-        for style, rows in retrievable.groupby("style", sort=True)
-    }
+    collections = wanted_collections(manifests, chunks, keep_out)
     with open_store(store_params) as store:
-        report["collections"] = {
-            name: fill_collection(
-                store, name, rows, split_chunks, clip.card, prepared, params.rebuild_mismatched
-            )
-            for name, (rows, split_chunks) in collections.items()
-        }
-        # a style gone from its source: its collection goes too, or samplers would keep drawing it
-        for name in store.list_collections():
-            if name.startswith(style_collection("")) and name not in collections:
-                removed = len(store.ids(name))
-                store.drop(name)
-                report["collections"][name] = {"points": 0, "added": 0, "removed": removed}
+        report["collections"] = fill_collections(store, collections, clip.card, prepared, params)
     # The metrics file holds only what the inputs determine (not what this particular run had to do).
     write_json(
         Path(params.metrics),
@@ -141,6 +128,43 @@ def run(
             "collections": {name: c["points"] for name, c in report["collections"].items()},
         },
     )
+    _print_summary(report, params, store_params)
+    return report
+
+
+def wanted_collections(
+    manifests: dict[str, pd.DataFrame], chunks: dict[str, VectorChunks], keep_out: Collection[str]
+) -> dict[str, tuple[pd.DataFrame, VectorChunks]]:
+    """Every collection and the rows it must hold: D_train, and one per style without `keep_out`."""
+    retrievable = manifests["styles"][~manifests["styles"]["id"].isin(set(keep_out))]
+    return {D_TRAIN: (manifests["d_train"], chunks["d_train"])} | {
+        style_collection(style): (rows, chunks["styles"])
+        for style, rows in retrievable.groupby("style", sort=True)
+    }
+
+
+def fill_collections(
+    store: VectorStore,
+    collections: dict[str, tuple[pd.DataFrame, VectorChunks]],
+    card: ClipCard,
+    prepared: Path,
+    params: EmbedParams,
+) -> dict[str, dict[str, int]]:
+    """Bring every wanted collection up to date, and drop the style collections no longer wanted (a
+    style gone from its source: samplers would keep drawing it); counts per collection."""
+    counts = {
+        name: fill_collection(store, name, rows, split_chunks, card, prepared, params.rebuild_mismatched)
+        for name, (rows, split_chunks) in collections.items()
+    }
+    for name in store.list_collections():
+        if name.startswith(style_collection("")) and name not in collections:
+            removed = len(store.ids(name))
+            store.drop(name)
+            counts[name] = {"points": 0, "added": 0, "removed": removed}
+    return counts
+
+
+def _print_summary(report: dict[str, Any], params: EmbedParams, store_params: StoreParams) -> None:
     embedded = ", ".join(f"{n} {s}" for s, n in report["embedded"].items())
     print(f"embed: embedded {embedded} (the rest were already done) into {params.out}/")
     for name, counts in report["collections"].items():
@@ -148,14 +172,3 @@ def run(
             f"embed: {store_params.backend} collection {name}: {counts['points']} points "
             f"(+{counts['added']} -{counts['removed']})"
         )
-    return report
-
-
-def main() -> int:
-    from rdm.cli import main as cli_main
-
-    return cli_main(["embed"])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -19,8 +19,8 @@ Styles absent from the training images are reported as held out (zero-shot). Out
 
 from __future__ import annotations
 
-import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +28,13 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from rdm.artifacts.autoencoder import read_reconstructions
+from rdm.artifacts.embeddings import VectorChunks
+from rdm.artifacts.manifest import read_manifest
+from rdm.artifacts.samples import RETRIEVAL, read_samples
 from rdm.config import Config, EvaluateParams
-from rdm.data.manifest import read_manifest
 from rdm.embedding import model as clip_model
 from rdm.embedding.encode import encode_paths
-from rdm.embedding.vectors import VectorChunks
 from rdm.errors import UserError
 from rdm.evaluation.charts import draw_charts
 from rdm.evaluation.classifier import FittedClassifier, fit_classifier
@@ -42,33 +44,7 @@ from rdm.evaluation.scores import ceiling, context_hits, sample_scores, score_ta
 from rdm.evaluation.sensitivity import conditioning_sensitivity
 from rdm.evaluation.split import classifier_ids, classifier_images
 from rdm.files import write_json
-from rdm.sampling.batch import RECORDS, RETRIEVAL
 from rdm.tracking.runs import flatten
-
-RECONSTRUCTIONS = "reconstructions.jsonl"
-"""In `autoencoder.reconstructions`: one JSON per line, {file (relative to the folder), style, id?}."""
-
-
-def read_samples(folder: Path) -> list[dict[str, Any]]:
-    path = folder / RECORDS
-    if not path.is_file():
-        raise UserError(f"{path}: no samples to evaluate; run `dvc repro sample` (or `rdm sample-styles`)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def read_reconstructions(folder: Path) -> list[dict[str, Any]] | None:
-    """The autoencoder's reconstructions manifest, or None (with a note) where there is none."""
-    path = folder / RECONSTRUCTIONS
-    if not path.is_file():
-        print(f"evaluate: no {path}, so no ceiling row (the autoencoder stage writes it)")
-        return None
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    for n, row in enumerate(rows):
-        if "file" not in row or "style" not in row:
-            raise UserError(f"{path} line {n + 1}: needs the fields file and style (and optionally id)")
-        if not (folder / row["file"]).is_file():
-            raise UserError(f"{path} line {n + 1}: {folder / row['file']} does not exist")
-    return rows
 
 
 def read_pixels(paths: list[Path]) -> np.ndarray:
@@ -170,62 +146,126 @@ def label_judges(
     return judges, reports
 
 
+@dataclass(frozen=True)
+class Judges:
+    """What judges the samples: the style classifier and what it was trained on, and the content and
+    colour classifiers with the label each prompt expects."""
+
+    style: FittedClassifier
+    trained_on: set[str]
+    borrowed: set[str]
+    references: dict[str, np.ndarray]
+    """Per style, the (M, D) vectors of its classifier images: the Frechet distance's reference."""
+    labels: dict[str, tuple[FittedClassifier, dict[str, str]]]
+    reports: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """The samples to judge, through the evaluation's CLIP."""
+
+    records: list[dict[str, Any]]
+    features: np.ndarray
+    """(N, D) CLIP image features, one row per record."""
+    prompt_vectors: dict[str, np.ndarray]
+    held_out: set[str]
+    """Styles absent from the training images."""
+
+
 def run(config: Config, progress: bool = True, run_name: str | None = None) -> dict[str, Any]:
     """Score the samples in `sample.out`; log to the model's training run, or with `run_name`, to a
     new run of that name tagged with the model (a batch of the sample-styles flow)."""
     params = config.evaluate
     started = time.perf_counter()
     clip = clip_model.load(Path(config.clip.out), params.device)
+    style_chunks = VectorChunks(Path(config.embed.out) / "styles", clip.card)
+    judges = train_judges(config, clip, style_chunks)
+    drawn = encode_samples(config, clip, judges, progress)
+    table, comparison, metrics = score(config, clip, style_chunks, judges, drawn)
+    metrics |= ceiling_and_sensitivity(config, clip, style_chunks, judges, drawn, progress)
+    charts = write_report(params, table, comparison, metrics)
+    print(
+        f"evaluate: style classifier trained on {judges.style.train_size} collection images "
+        f"(classifier_share {params.classifier_share}); {len(drawn.records)} samples in "
+        f"{time.perf_counter() - started:.0f} s\n{format_table(comparison, metrics)}"
+    )
+    if config.tracking.enabled:
+        log_evaluation(config, metrics, charts, drawn.records[0]["model"], run_name)
+    return metrics
+
+
+def train_judges(config: Config, clip: clip_model.Clip, style_chunks: VectorChunks) -> Judges:
+    """The style classifier on the classifier's part of the collections, and the label judges."""
     device = str(clip.device)
-    prepared = Path(config.prepare.out)
-    embeddings = Path(config.embed.out)
-    boot = {"resamples": params.bootstrap_resamples, "seed": params.bootstrap_seed}
+    styles = read_manifest(Path(config.prepare.out) / "styles.parquet")
+    fitted, trained_on, borrowed, references = style_classifier(styles, style_chunks, config.evaluate, device)
+    train_chunks = VectorChunks(Path(config.embed.out) / "train", clip.card)
+    labels, reports = label_judges(config, train_chunks, device)
+    return Judges(fitted, trained_on, borrowed, references, labels, reports)
 
-    # 1. the style classifier, on the classifier's part of the collections
-    styles = read_manifest(prepared / "styles.parquet")
-    style_chunks = VectorChunks(embeddings / "styles", clip.card)
-    fitted, trained_on, borrowed, references = style_classifier(styles, style_chunks, params, device)
-    judges, judge_reports = label_judges(config, VectorChunks(embeddings / "train", clip.card), device)
 
-    # 2. every sample through the same CLIP
+def encode_samples(config: Config, clip: clip_model.Clip, judges: Judges, progress: bool) -> Drawn:
+    """Every sample with a target style (not unconditional draws) and its prompt, through CLIP."""
     out = Path(config.sample.out)
-    records = [r for r in read_samples(out) if r.get("style")]  # not unconditional draws: no target style
+    records = [r for r in read_samples(out) if r.get("style")]
     features = _encode(clip, [out / r["file"] for r in records], "evaluate", progress)  # (N, D)
     prompts = sorted({r["prompt"] for r in records})
     prompt_vectors = dict(zip(prompts, clip.encode_text(prompts).cpu().numpy(), strict=True))
-    trained_styles = set(read_manifest(prepared / "train.parquet")["style"].dropna().astype(str))
-    held_out = {s for s in references if s not in trained_styles} if trained_styles else set()
+    trained_styles = set(
+        read_manifest(Path(config.prepare.out) / "train.parquet")["style"].dropna().astype(str)
+    )
+    held_out = {s for s in judges.references if s not in trained_styles} if trained_styles else set()
     if not trained_styles:
         print("evaluate: the training images carry no style labels, so no style is reported as held out")
+    return Drawn(records, features, prompt_vectors, held_out)
 
-    # 3. the scores, per sample, per style and method, and the summary
-    samples = sample_scores(records, features, prompt_vectors, fitted, judges)
-    neighbor_vectors = _neighbor_vectors(
-        records, [style_chunks, VectorChunks(embeddings / "d_train", clip.card)]
-    )
-    for column, shares in context_hits(records, neighbor_vectors, judges).items():
+
+def score(
+    config: Config, clip: clip_model.Clip, style_chunks: VectorChunks, judges: Judges, drawn: Drawn
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """The scores per sample, per style and method, and the summary: (table, comparison, metrics)."""
+    params = config.evaluate
+    boot = {"resamples": params.bootstrap_resamples, "seed": params.bootstrap_seed}
+    records = drawn.records
+    samples = sample_scores(records, drawn.features, drawn.prompt_vectors, judges.style, judges.labels)
+    d_train_chunks = VectorChunks(Path(config.embed.out) / "d_train", clip.card)
+    neighbor_vectors = _neighbor_vectors(records, [style_chunks, d_train_chunks])
+    for column, shares in context_hits(records, neighbor_vectors, judges.labels).items():
         samples[column] = shares
-    table = score_table(samples, features, references, held_out, **boot)
+    table = score_table(samples, drawn.features, judges.references, drawn.held_out, **boot)
     comparison = compare_methods(table, style_differences(samples, **boot))
-    metrics = summary(samples, table, fitted, **boot)
+    metrics = summary(samples, table, judges.style, **boot)
+    styles = read_manifest(Path(config.prepare.out) / "styles.parquet")
     kept_back = classifier_ids(styles["id"], params.classifier_share, params.split_seed)
     neighbors = [str(n["id"]) for r in records for n in r.get("neighbors", [])]
     metrics["classifier"] |= {
         "classifier_share": params.classifier_share,
         "retrievable_images": len(styles) - len(kept_back),
-        "borrowed_images": len(borrowed),
+        "borrowed_images": len(judges.borrowed),
         # 0 when the collections leave out `classifier_ids` (as `rdm embed` does): a check that they do
         "neighbors_in_classifier_share": round(sum(n in kept_back for n in neighbors) / len(neighbors), 4)
         if neighbors
         else None,
     }
-    metrics |= judge_reports
+    return table, comparison, metrics | judges.reports
 
-    # 4. the ceiling, and the conditioning sensitivity
+
+def ceiling_and_sensitivity(
+    config: Config,
+    clip: clip_model.Clip,
+    style_chunks: VectorChunks,
+    judges: Judges,
+    drawn: Drawn,
+    progress: bool,
+) -> dict[str, Any]:
+    """The ceiling (the style classifier on autoencoder reconstructions it never trained on) and the
+    conditioning sensitivity of the retrieval samples."""
+    boot = {"resamples": config.evaluate.bootstrap_resamples, "seed": config.evaluate.bootstrap_seed}
+    metrics: dict[str, Any] = {}
     folder = Path(config.autoencoder.reconstructions)
     rebuilt = read_reconstructions(folder)
     if rebuilt is not None:
-        unseen = [r for r in rebuilt if str(r.get("id")) not in trained_on]
+        unseen = [r for r in rebuilt if str(r.get("id")) not in judges.trained_on]
         if len(unseen) < len(rebuilt):
             print(
                 f"evaluate: left out {len(rebuilt) - len(unseen)} reconstructions of images the style "
@@ -237,56 +277,56 @@ def run(config: Config, progress: bool = True, run_name: str | None = None) -> d
             originals = style_chunks.vectors_for(ids) if all(i in known for i in ids) else None
             rebuilt_features = _encode(clip, [folder / r["file"] for r in unseen], "ceiling", progress)
             metrics["ceiling"] = ceiling(
-                fitted, rebuilt_features, [str(r["style"]) for r in unseen], originals, **boot
+                judges.style, rebuilt_features, [str(r["style"]) for r in unseen], originals, **boot
             )
+    records, out = drawn.records, Path(config.sample.out)
     retrieval = [n for n, r in enumerate(records) if r["method"] == RETRIEVAL]
     metrics["sensitivity"] = conditioning_sensitivity(
         [records[n]["prompt"] for n in retrieval],
         [records[n]["style"] for n in retrieval],
         [records[n]["seed"] for n in retrieval],
         read_pixels([out / records[n]["file"] for n in retrieval]),
-        features[retrieval],
+        drawn.features[retrieval],
     )
+    return metrics
 
-    # 5. the report
+
+def write_report(
+    params: EvaluateParams, table: pd.DataFrame, comparison: pd.DataFrame, metrics: dict[str, Any]
+) -> list[Path]:
+    """`evaluate.metrics`, and the CSV tables and charts under `evaluate.plots`; returns the charts."""
     plots = Path(params.plots)
     plots.mkdir(parents=True, exist_ok=True)
     table.to_csv(plots / "styles.csv", index=False, float_format="%.4f")
     comparison.to_csv(plots / "style_accuracy.csv", index=False, float_format="%.4f")
     charts = draw_charts(comparison, plots)
     write_json(Path(params.metrics), metrics)
+    return charts
 
-    print(
-        f"evaluate: style classifier trained on {fitted.train_size} collection images (classifier_share "
-        f"{params.classifier_share}); {len(records)} samples in {time.perf_counter() - started:.0f} s\n"
-        f"{format_table(comparison, metrics)}"
+
+def log_evaluation(
+    config: Config, metrics: dict[str, Any], charts: list[Path], model: dict[str, Any], run_name: str | None
+) -> None:
+    """Into the model's training run, or with `run_name` into a new run tagged with the model."""
+    from rdm.tracking.runs import log_results
+
+    params, plots, out = config.evaluate, Path(config.evaluate.plots), Path(config.sample.out)
+    run_id = log_results(
+        config.tracking,
+        None if run_name else model.get("run_id"),
+        {
+            f"eval/{key}": float(value)
+            for key, value in flatten(metrics).items()
+            if isinstance(value, int | float) and not pd.isna(value)
+        },
+        {
+            "evaluation": [Path(params.metrics), plots / "styles.csv", plots / "style_accuracy.csv", *charts],
+            "evaluation/grids": sorted(out.glob("grid-*.png")),
+        },
+        run_name=run_name or "evaluate",
+        tags={f"model.{key}": str(value) for key, value in model.items()} if run_name else None,
     )
-    if config.tracking.enabled:
-        from rdm.tracking.runs import log_results
-
-        model = records[0]["model"]
-        run_id = log_results(
-            config.tracking,
-            None if run_name else model.get("run_id"),
-            {
-                f"eval/{key}": float(value)
-                for key, value in flatten(metrics).items()
-                if isinstance(value, int | float) and not pd.isna(value)
-            },
-            {
-                "evaluation": [
-                    Path(params.metrics),
-                    plots / "styles.csv",
-                    plots / "style_accuracy.csv",
-                    *charts,
-                ],
-                "evaluation/grids": sorted(out.glob("grid-*.png")),
-            },
-            run_name=run_name or "evaluate",
-            tags={f"model.{key}": str(value) for key, value in model.items()} if run_name else None,
-        )
-        print(f"evaluate: logged to MLflow run {run_id}")
-    return metrics
+    print(f"evaluate: logged to MLflow run {run_id}")
 
 
 def _encode(clip: clip_model.Clip, paths: list[Path], desc: str, progress: bool) -> np.ndarray:

@@ -15,10 +15,10 @@ from typing import Any
 
 import pandas as pd
 
+from rdm.artifacts.manifest import write_manifest
 from rdm.config import PrepareParams, S3Params
 from rdm.data.images import Limits
 from rdm.data.ingest import IngestResult, ingest
-from rdm.data.manifest import write_manifest
 from rdm.data.sources import SourceError, open_source, read_table
 from rdm.files import atomic_write_bytes, write_json, write_jsonl
 
@@ -102,13 +102,3 @@ def _print_summary(metrics: dict[str, Any], out: Path, params: PrepareParams, se
         f"prepare: done in {seconds:.1f} s; manifests and images in {out}/, metrics in {params.metrics}, "
         f"rejections in {params.rejected}"
     )
-
-
-def main() -> int:
-    from rdm.cli import main as cli_main
-
-    return cli_main(["prepare"])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

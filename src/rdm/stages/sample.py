@@ -15,10 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rdm.artifacts.manifest import read_manifest
+from rdm.artifacts.samples import FLOORS
 from rdm.config import Config, PrepareParams
-from rdm.data.manifest import read_manifest
 from rdm.errors import UserError
-from rdm.sampling.batch import FLOORS, open_sampler, plan
+from rdm.sampling.batch import Request, open_sampler, plan
 from rdm.sampling.grid import write_grids
 from rdm.sampling.source import open_model
 
@@ -61,19 +62,7 @@ def run(
     rdm_model, info = open_model(model or config.train.out, config, params.device)
     if params.compile:
         rdm_model.compile()
-    known = style_names(config.prepare)
-    unknown = sorted(set(styles or []) - set(known))
-    if unknown:
-        raise UserError(f"no style collection for {unknown}; the styles are {known}")
-    requests = plan(
-        prompts or evaluation_prompts(config.prepare),
-        styles or known,
-        params.methods,
-        params.per_style,
-        params.seed,
-        params.floor_per_style,
-        known,
-    )
+    requests = requests_for(config, prompts, styles)
     out = Path(params.out)
     if out.exists():
         shutil.rmtree(out)
@@ -90,3 +79,22 @@ def run(
         f"{time.perf_counter() - started:.0f} s ({len(records) / drawn:.1f} img/s) -> {out}"
     )
     return {"images": len(records), "seconds": round(time.perf_counter() - started, 1)}
+
+
+def requests_for(config: Config, prompts: list[str] | None, styles: list[str] | None) -> list[Request]:
+    """The plan of `sample`: the prompts (default the evaluation's) x the styles (default every one
+    with a collection) x the methods, then the floors; a style without a collection is refused."""
+    params = config.sample
+    known = style_names(config.prepare)
+    unknown = sorted(set(styles or []) - set(known))
+    if unknown:
+        raise UserError(f"no style collection for {unknown}; the styles are {known}")
+    return plan(
+        prompts or evaluation_prompts(config.prepare),
+        styles or known,
+        params.methods,
+        params.per_style,
+        params.seed,
+        params.floor_per_style,
+        known,
+    )

@@ -15,24 +15,31 @@ import hashlib
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
 
+from rdm.artifacts import autoencoder as autoencoder_folder
+from rdm.artifacts.autoencoder import AutoencoderCard
+from rdm.artifacts.clip import ClipCard
+from rdm.artifacts.clip import read_card as read_clip_card
+from rdm.artifacts.embeddings import VectorChunks
+from rdm.artifacts.manifest import read_manifest
+from rdm.artifacts.model import ModelCard, save_model
+from rdm.artifacts.neighbors import read_neighbors
 from rdm.config import Config, TrainParams
-from rdm.data.manifest import read_manifest
 from rdm.data.training import RetrievalDataModule, TrainingTensors
+from rdm.devices import resolve_device
 from rdm.diffusion.context import neighbor_context
-from rdm.embedding import model as clip_model
-from rdm.embedding.vectors import VectorChunks
 from rdm.errors import UserError
 from rdm.files import write_json
-from rdm.models.diffusion import RetrievalDiffusion
-from rdm.models.package import ModelCard, save_model
-from rdm.stages import autoencoder as autoencoder_stage
-from rdm.stages.neighbors import read_neighbors
+from rdm.models.lightning_module import RdmLightningModule
+
+if TYPE_CHECKING:
+    from rdm.tracking.samples import SampleGrid
 
 GRID_IMAGES = 8
 IDENTITY_FILE = "identity.json"
@@ -59,25 +66,22 @@ class TrainError(UserError):
     pass
 
 
-def training_tensors(config: Config, clip_card: clip_model.ClipCard) -> TrainingTensors:
+def training_tensors(config: Config, clip_card: ClipCard) -> TrainingTensors:
     """Latents and neighbour embeddings of every training image, checked against the params: the
     neighbours file must hold at least train.k neighbours from this CLIP."""
     prepared = Path(config.prepare.out)
     ids = list(read_manifest(prepared / "train.parquet")["id"])
     k = config.train.k
-    try:
-        table, meta = read_neighbors(Path(config.neighbors.out))
-    except FileNotFoundError as exc:
-        raise TrainError(str(exc)) from None
-    if meta["clip_fingerprint"] != clip_card.fingerprint:
+    table, meta = read_neighbors(Path(config.neighbors.out))
+    if meta.clip_fingerprint != clip_card.fingerprint:
         raise TrainError(
-            f"{config.neighbors.out} was made with CLIP weights {meta['clip_fingerprint']}, but "
+            f"{config.neighbors.out} was made with CLIP weights {meta.clip_fingerprint}, but "
             f"{config.clip.out} holds {clip_card.model} [{clip_card.fingerprint}]: run `dvc repro neighbors` "
             "(or `rdm embed` then `rdm neighbors`)"
         )
-    if meta["k"] < k:
+    if meta.k < k:
         raise TrainError(
-            f"{config.neighbors.out} holds {meta['k']} neighbours per image but train.k is {k}: set "
+            f"{config.neighbors.out} holds {meta.k} neighbours per image but train.k is {k}: set "
             f"neighbors.k to at least {k} and run `dvc repro neighbors`, or lower train.k"
         )
     rows = {image_id: n for n, image_id in enumerate(table.column("id").to_pylist())}
@@ -99,7 +103,7 @@ def training_tensors(config: Config, clip_card: clip_model.ClipCard) -> Training
 
 def _latents(config: Config, ids: list[str]) -> dict[str, torch.Tensor]:
     if config.autoencoder.latents is not None:
-        return autoencoder_stage.load_latents(Path(config.autoencoder.latents), ids)
+        return autoencoder_folder.load_latents(Path(config.autoencoder.latents), ids)
     from diffusers import AutoencoderKL
 
     from rdm.embedding.encode import load_images
@@ -108,15 +112,15 @@ def _latents(config: Config, ids: list[str]) -> dict[str, torch.Tensor]:
     prepared = Path(config.prepare.out)
     paths = [prepared / p for p in read_manifest(prepared / "train.parquet").set_index("id").loc[ids, "path"]]
     images = load_images(paths, config.autoencoder.image_size)
-    device = clip_model.resolve_device(config.autoencoder.device)
+    device = resolve_device(config.autoencoder.device)
     vae = AutoencoderKL.from_pretrained(config.autoencoder.out, low_cpu_mem_usage=False).to(device).eval()
     return {"latent": encode(vae, images, device), "latent_flipped": encode(vae, images.flip(-1), device)}
 
 
-def identity(config: Config, clip_card: clip_model.ClipCard) -> str:
+def identity(config: Config, clip_card: ClipCard) -> str:
     """What a checkpoint must share with this run to be resumed: settings and inputs."""
     settings = {k: v for k, v in config.train.model_dump(mode="json").items() if k not in CONTINUABLE}
-    inputs = [Path(config.neighbors.out), Path(config.autoencoder.out) / "rdm_autoencoder.json"]
+    inputs = [Path(config.neighbors.out), autoencoder_folder.card_path(Path(config.autoencoder.out))]
     if config.autoencoder.latents is not None:
         inputs.append(Path(config.autoencoder.latents))
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
@@ -198,27 +202,60 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
         return _train(config, progress)
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """What the earlier stages left for this training."""
+
+    clip: ClipCard
+    autoencoder: AutoencoderCard
+    tensors: TrainingTensors
+
+
 def _train(config: Config, progress: bool) -> dict[str, Any]:
-    from diffusers import AutoencoderKL
-
-    from rdm.models.autoencoder import decode
-    from rdm.tracking import runs
-    from rdm.tracking.samples import SampleGrid
-
-    params = config.train
     started = time.perf_counter()
-    clip_card = clip_model.read_card(Path(config.clip.out))
-    ae_card = autoencoder_stage.read_card(Path(config.autoencoder.out))
-    tensors = training_tensors(config, clip_card)
-
-    # 1. the model and its data
+    params, checkpoints = config.train, Path(config.train.checkpoints)
+    inputs = load_inputs(config)
     L.seed_everything(params.seed, workers=True, verbose=False)
-    latent_shape = tuple(ae_card["latent_shape"])
-    module = RetrievalDiffusion(
+    module = build_module(params, inputs)
+    data = RetrievalDataModule(
+        inputs.tensors, params.batch_size, params.val_images, params.workers, params.seed
+    )
+    grid = validation_grid(config, inputs, data)
+    resume = prepare_checkpoints(checkpoints, identity(config, inputs.clip))
+    logger = open_run(config, checkpoints, resume)
+    trainer = trainer_for(params, [grid], logger, progress)
+    start_step = fit(trainer, module, data, checkpoints, resume)
+    if not trainer.is_global_zero:
+        return {}
+    seconds = time.perf_counter() - started
+    card = export_model(
+        config, inputs, module, grid, steps=max(trainer.global_step, start_step), logger=logger
+    )
+    grid.draw(trainer, module.eval())
+    report = training_report(params, trainer, logger, module, data, card, start_step)
+    if config.tracking.enabled:
+        report["registered"] = _register(config, logger, Path(params.out), card)
+    write_json(Path(params.metrics), {k: v for k, v in report.items() if k != "registered"})
+    print(
+        f"train: {card.steps} steps ({start_step} resumed) on {len(data.train.ids)} images "
+        f"in {seconds:.0f} s; val/loss {report.get('val/loss')}; model -> {params.out}"
+        + (f"; registered {report['registered']['alias_uri']}" if "registered" in report else "")
+    )
+    return report
+
+
+def load_inputs(config: Config) -> Inputs:
+    clip_card = read_clip_card(Path(config.clip.out))
+    autoencoder_card = autoencoder_folder.read_card(Path(config.autoencoder.out))
+    return Inputs(clip_card, autoencoder_card, training_tensors(config, clip_card))
+
+
+def build_module(params: TrainParams, inputs: Inputs) -> RdmLightningModule:
+    return RdmLightningModule(
         unet=params.unet.model_dump(),
-        latent_shape=latent_shape,
-        context_dim=clip_card.embed_dim,
-        scale_factor=ae_card["scale_factor"],
+        latent_shape=inputs.autoencoder.latent_shape,
+        context_dim=inputs.clip.embed_dim,
+        scale_factor=inputs.autoencoder.scale_factor,
         p_uncond=params.p_uncond,
         flip=params.flip,
         lr=params.lr,
@@ -230,62 +267,95 @@ def _train(config: Config, progress: bool) -> dict[str, Any]:
         min_snr_gamma=params.min_snr_gamma,
         noise_offset=params.noise_offset,
     )
-    data = RetrievalDataModule(tensors, params.batch_size, params.val_images, params.workers, params.seed)
 
-    # 2. what the grids show: validation images beside samples for their contexts
-    checkpoints = Path(params.checkpoints)
+
+def validation_grid(config: Config, inputs: Inputs, data: RetrievalDataModule) -> SampleGrid:
+    """The grid drawn at every validation: the first validation images beside samples for their
+    neighbours, in the checkpoints folder (and, at the end, in the model folder)."""
+    from diffusers import AutoencoderKL
+
+    from rdm.models.autoencoder import decode
+    from rdm.tracking.samples import SampleGrid
+
+    scale = inputs.autoencoder.scale_factor
     vae = AutoencoderKL.from_pretrained(config.autoencoder.out, low_cpu_mem_usage=False).eval()
     shown = data.val.subset(torch.arange(min(GRID_IMAGES, len(data.val.ids))))
-    references = decode(vae, shown.latent * ae_card["scale_factor"], ae_card["scale_factor"])
-    grid = SampleGrid(
+    references = decode(vae, shown.latent * scale, scale)
+    return SampleGrid(
         vae,
         references,
         neighbor_context(shown.neighbors),
-        checkpoints / "samples.png",
-        params.sample_steps,
-        params.guidance_scale,
+        Path(config.train.checkpoints) / "samples.png",
+        config.train.sample_steps,
+        config.train.guidance_scale,
     )
 
-    # 3. resume this training if it was interrupted, in its MLflow run
-    resume = prepare_checkpoints(checkpoints, identity(config, clip_card))
-    logger: Any = False
-    if config.tracking.enabled:
-        logger = runs.open_logger(config.tracking, checkpoints, run_name="train-rdm", resume=resume)
-        if not resume:
-            logger.log_hyperparams(runs.flatten(config.model_dump(mode="json")))
-            for key, value in {**runs.data_versions(), **runs.git_state()}.items():
-                logger.experiment.set_tag(logger.run_id, key, value)
-    trainer = trainer_for(params, [grid], logger, progress)
+
+def open_run(config: Config, checkpoints: Path, resume: bool) -> Any:
+    """The MLflow logger of this training (False when untracked): a resumed training's own run; a new
+    run gets the params, data versions and commit."""
+    from rdm.tracking import runs
+
+    if not config.tracking.enabled:
+        return False
+    logger = runs.open_logger(config.tracking, checkpoints, run_name="train-rdm", resume=resume)
+    if not resume:
+        logger.log_hyperparams(runs.flatten(config.model_dump(mode="json")))
+        for key, value in {**runs.data_versions(), **runs.git_state()}.items():
+            logger.experiment.set_tag(logger.run_id, key, value)
+    return logger
+
+
+def fit(
+    trainer: L.Trainer, module: RdmLightningModule, data: RetrievalDataModule, checkpoints: Path, resume: bool
+) -> int:
+    """Train, or resume the interrupted training; returns the step it resumed from."""
     start_step = _checkpoint_step(checkpoints / "last.ckpt") if resume else 0
-    if start_step >= params.max_steps:
+    if start_step >= trainer.max_steps:
         # finished before its outputs were written: the checkpoint's state_dict holds the EMA weights
         state = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
     else:
         trainer.fit(module, data, ckpt_path="last" if resume else None)
-    if not trainer.is_global_zero:
-        return {}
-    seconds = time.perf_counter() - started
+    return start_step
 
-    # 4. the EMA model as a self-contained folder, logged and registered
-    out = Path(params.out)
+
+def export_model(
+    config: Config, inputs: Inputs, module: RdmLightningModule, grid: SampleGrid, steps: int, logger: Any
+) -> ModelCard:
+    """The EMA model as a self-contained folder at `train.out`; the grid is drawn there from now on."""
+    from rdm.tracking import runs
+
+    out = Path(config.train.out)
     if out.exists():
         shutil.rmtree(out)
     card = ModelCard(
-        k=params.k,
-        context_dim=clip_card.embed_dim,
-        latent_shape=latent_shape,
-        image_size=int(ae_card["image_size"]),
-        scale_factor=float(ae_card["scale_factor"]),
-        clip_model=clip_card.model,
-        clip_fingerprint=clip_card.fingerprint,
-        steps=max(trainer.global_step, start_step),
+        k=config.train.k,
+        context_dim=inputs.clip.embed_dim,
+        latent_shape=inputs.autoencoder.latent_shape,
+        image_size=inputs.autoencoder.image_size,
+        scale_factor=inputs.autoencoder.scale_factor,
+        clip_model=inputs.clip.model,
+        clip_fingerprint=inputs.clip.fingerprint,
+        steps=steps,
         versions={**runs.data_versions(), **runs.git_state()},
         run_id=logger.run_id if logger else None,
     )
-    save_model(out, module.unet, vae, module.schedule, card)
+    save_model(out, module.unet, grid.vae, module.noise_schedule, card)
     grid.out = out / "samples.png"
-    grid.draw(trainer, module.eval())
+    return card
+
+
+def training_report(
+    params: TrainParams,
+    trainer: L.Trainer,
+    logger: Any,
+    module: RdmLightningModule,
+    data: RetrievalDataModule,
+    card: ModelCard,
+    start_step: int,
+) -> dict[str, Any]:
+    """The losses, sizes and context gain that `train.metrics` records."""
     reported = ("train/loss", "val/loss", "val/loss_shuffled_context")
     metrics = {k: round(float(v), 5) for k, v in trainer.callback_metrics.items() if k in reported}
     if start_step >= params.max_steps and logger:  # trained earlier: the losses its run logged last
@@ -302,14 +372,6 @@ def _train(config: Config, progress: bool) -> dict[str, Any]:
     if "val/loss_shuffled_context" in metrics and metrics["val/loss"] > 0:
         # how much worse the model denoises with another image's neighbours: it reads its context
         report["context_gain"] = round(metrics["val/loss_shuffled_context"] / metrics["val/loss"] - 1, 4)
-    if config.tracking.enabled:
-        report["registered"] = _register(config, logger, out, card)
-    write_json(Path(params.metrics), {k: v for k, v in report.items() if k != "registered"})
-    print(
-        f"train: {card.steps} steps ({start_step} resumed) on {len(data.train.ids)} images "
-        f"in {seconds:.0f} s; val/loss {report.get('val/loss')}; model -> {out}"
-        + (f"; registered {report['registered']['alias_uri']}" if "registered" in report else "")
-    )
     return report
 
 
@@ -325,13 +387,3 @@ def _register(config: Config, logger: Any, out: Path, card: ModelCard) -> dict[s
     registered = register_model(config.tracking, run_id, out, card)
     logger.experiment.set_tag(run_id, "model_version", registered["version"])
     return registered
-
-
-def main() -> int:
-    from rdm.cli import main as cli_main
-
-    return cli_main(["train"])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

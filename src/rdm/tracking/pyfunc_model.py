@@ -15,11 +15,11 @@ import numpy as np
 from mlflow.pyfunc import PythonModel
 
 
-class RetrievalDiffusionPyfunc(PythonModel):
+class RdmPyfuncModel(PythonModel):
     def load_context(self, context: Any) -> None:
-        from rdm.models.package import load_model
+        from rdm.models.pipeline import load_pipeline
 
-        self.model = load_model(Path(context.artifacts["model"]), device="auto")
+        self.model = load_pipeline(Path(context.artifacts["model"]), device="auto")
 
     def predict(self, context, model_input, params=None):
         # no type hints: MLflow would read them as a schema; the logged signature is the schema
@@ -35,4 +35,4 @@ class RetrievalDiffusionPyfunc(PythonModel):
         )
 
 
-mlflow.models.set_model(RetrievalDiffusionPyfunc())
+mlflow.models.set_model(RdmPyfuncModel())

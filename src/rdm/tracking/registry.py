@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from rdm.artifacts.model import ModelCard, read_card
 from rdm.config import Config, TrackingParams
 from rdm.errors import UserError
-from rdm.models.package import ModelCard, read_card
 from rdm.tracking.runs import tracking_at, tracking_uri
 
 REQUIREMENTS = ("torch", "diffusers", "safetensors", "numpy", "pillow", "pydantic", "PyYAML", "mlflow")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +30,8 @@ from tqdm import tqdm
 
 from rdm.config import GenerateParams
 from rdm.data.demo.contents import COLORS, CONTENTS, draw_scene
-from rdm.data.demo.styles import RENDERERS, STYLE_WORDS
+from rdm.data.demo.styles import RENDERERS
+from rdm.errors import UserError
 
 SPLIT_CODES = {"train": 1, "d_train": 2, "styles": 3, "prompts": 4}
 CAPTION_TEMPLATES = ("{scene} in the style of {style}", "a {style} picture of {scene}", "{scene}, {style}")
@@ -50,7 +51,7 @@ class Artwork:
         return [SPLIT_CODES[self.split], self.index, list(RENDERERS).index(self.style)]
 
 
-def render(art: Artwork, image_size: int, seed: int) -> tuple[Image.Image, str]:
+def render(art: Artwork, image_size: int, seed: int, style_words: dict[str, str]) -> tuple[Image.Image, str]:
     """Draw one artwork; returns the image and its caption."""
     rng = np.random.default_rng([seed, *art.seed_key])
     scene = draw_scene(art.content, art.color, image_size * 2, rng)
@@ -59,7 +60,7 @@ def render(art: Artwork, image_size: int, seed: int) -> tuple[Image.Image, str]:
     caption = scene.caption
     if art.names_style:
         template = CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))]
-        caption = template.format(scene=caption, style=STYLE_WORDS[art.style])
+        caption = template.format(scene=caption, style=style_words[art.style])
     return image, caption
 
 
@@ -124,14 +125,29 @@ class DemoSummary:
     counts: dict[str, int]
 
 
-def generate_demo(params: GenerateParams, out: Path | None = None, progress: bool = True) -> DemoSummary:
-    """Write the demo dataset to `out` (default `params.out`), replacing it atomically."""
+def check_styles(params: GenerateParams) -> None:
+    """Every style the params name must be one the generator can draw."""
+    unknown = [s for s in [*params.styles, *params.held_out_styles, *params.general] if s not in RENDERERS]
+    if unknown:
+        raise UserError(f"generate: unknown style(s) {unknown}; the demo draws {list(RENDERERS)}")
+
+
+def generate_demo(
+    params: GenerateParams,
+    style_text: Callable[[str], str],
+    out: Path | None = None,
+    progress: bool = True,
+) -> DemoSummary:
+    """Write the demo dataset to `out` (default `params.out`), replacing it atomically; captions name a
+    style with `style_text(style)` (`sample.style_words`, the words prompts use)."""
+    check_styles(params)
+    style_words = {style: style_text(style) for style in RENDERERS}
     out = Path(out or params.out)
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     planned = plan(params)
     jobs = [
-        (art, params.image_size, params.seed, staging / _file(split, art))
+        (art, params.image_size, params.seed, style_words, staging / _file(split, art))
         for split in planned
         for art in planned[split]
     ]
@@ -166,10 +182,10 @@ def _file(split: str, art: Artwork) -> Path:
     return Path(split, "images", f"{art.index:06d}.png")
 
 
-def _render_to(job: tuple[Artwork, int, int, Path]) -> str:
+def _render_to(job: tuple[Artwork, int, int, dict[str, str], Path]) -> str:
     """Render one artwork into its PNG file; its caption."""
-    art, image_size, seed, path = job
-    image, caption = render(art, image_size, seed)
+    art, image_size, seed, style_words, path = job
+    image, caption = render(art, image_size, seed, style_words)
     _save_png(image, path)
     return caption
 

@@ -211,22 +211,3 @@ RENDERERS: dict[str, Renderer] = {
     "pixel_art": pixel_art,
     "ukiyo_e": ukiyo_e,
 }
-
-STYLE_NAMES: tuple[str, ...] = tuple(RENDERERS)
-GENERAL_RENDERINGS: tuple[str, ...] = ("plain", "shaded", "sketch")
-"""Ordinary renderings that make up most of the training images and D_train (the paper's LAION):
-never a style collection."""
-
-# How captions (and the postfix baseline, "... in the style of X") name each style.
-STYLE_WORDS: dict[str, str] = {
-    "plain": "plain",
-    "shaded": "shaded",
-    "sketch": "sketch",
-    "pointillism": "pointillism",
-    "hatching": "ink hatching",
-    "mosaic": "mosaic",
-    "neon": "neon",
-    "watercolor": "watercolor",
-    "pixel_art": "pixel art",
-    "ukiyo_e": "ukiyo-e",
-}

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from rdm.config import ConfigError, load_config, set_params
-from rdm.versioning import DvcError, is_transient, reproduce, stages, version_sources
+from rdm.dvc_repo import DvcError, is_transient, reproduce, stages, version_sources
 from tests.support import REPO_ROOT, rdm_env
 
 DVC_YAML = {

@@ -1,4 +1,5 @@
-"""Embeddings on disk, written in chunks so that a killed run resumes where it stopped.
+"""The `embed` stage's CLIP vectors on disk, one folder per split, written in chunks so that a killed
+run resumes where it stopped.
 
 Layout: `<folder>/meta.json` (the CLIP they came from) and `chunk-NNNNN.npz` files, each holding
 `ids` (N,) and `vectors` (N, D) float32, each written atomically. Vectors from another CLIP are
@@ -16,12 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from rdm.embedding.model import ClipCard
+from rdm.artifacts.clip import ClipCard
 from rdm.errors import UserError
 from rdm.files import atomic_write_bytes
 
 
 class VectorChunks:
+    """One split's vectors, opened for writing: a folder of another CLIP's vectors is emptied."""
+
     def __init__(self, folder: Path, card: ClipCard) -> None:
         self.folder = folder
         self.card = card
@@ -69,3 +72,12 @@ class VectorChunks:
                 "run `dvc repro embed` (or `rdm embed`)"
             )
         return stored[[position[i] for i in ids]]
+
+
+def read_vectors(folder: Path, card: ClipCard, ids: Sequence[str]) -> np.ndarray:
+    """(len(ids), D) vectors of `ids` from a folder of this CLIP's vectors, read only: unlike
+    VectorChunks it never empties a folder of another CLIP's vectors, but says so."""
+    meta = folder / "meta.json"
+    if not meta.is_file() or json.loads(meta.read_text()).get("fingerprint") != card.fingerprint:
+        raise UserError(f"{folder}: no embeddings of CLIP {card.model}; run `dvc repro embed`")
+    return VectorChunks(folder, card).vectors_for(list(ids))

@@ -1,60 +1,30 @@
-"""The trained model as one self-contained folder, laid out like a diffusers pipeline:
-
-    unet/        UNet2DConditionModel (config.json + safetensors), EMA weights
-    vae/         AutoencoderKL (config.json + safetensors), `scaling_factor` measured on the data
-    scheduler/   the training noise schedule (scheduler_config.json)
-    rdm.json     the card: context size, latent shape, the CLIP it was trained with, data versions
-
-No pickled objects: everything loads from configs and safetensors, in any process with this package.
+"""A trained RDM ready to sample, as diffusers would call it a pipeline: UNet, autoencoder and the
+noise schedule's config, loaded from a model folder (`rdm.artifacts.model`) or a Lightning checkpoint.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from rdm.artifacts.model import NOISE_SCHEDULE, UNET, VAE, ModelCard, ModelError, read_card
+from rdm.devices import resolve_device
 from rdm.diffusion.guidance import denoise, seeded_noise
-from rdm.diffusion.schedule import make_sampler
-from rdm.errors import UserError
-
-CARD = "rdm.json"
-
-
-class ModelError(UserError):
-    pass
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    k: int
-    """Neighbours in the training context; sampling may use another k."""
-    context_dim: int
-    latent_shape: tuple[int, int, int]
-    image_size: int
-    scale_factor: float
-    clip_model: str
-    clip_fingerprint: str
-    """Contexts must come from this CLIP: vectors of another mean nothing to the model."""
-    steps: int
-    versions: dict[str, str] = field(default_factory=dict)
-    """DVC hashes of the data it was trained on, and the git commit."""
-    run_id: str | None = None
-    """The MLflow run that trained it (evaluations are logged there too); None when untracked."""
+from rdm.diffusion.samplers import make_sampler
 
 
 @dataclass
-class RetrievalDiffusionModel:
+class RdmPipeline:
     """A trained RDM ready to sample: contexts of CLIP vectors in, images out."""
 
     unet: Any
     vae: Any
-    schedule_config: Any
+    noise_schedule_config: Any
     card: ModelCard
 
     @property
@@ -89,32 +59,19 @@ class RetrievalDiffusionModel:
         if len(seeds) != len(context):
             raise ModelError(f"{len(seeds)} seeds for {len(context)} contexts; give one seed per context")
         noise = seeded_noise(self.card.latent_shape, seeds)
-        schedule = make_sampler(sampler, self.schedule_config)
-        latents = denoise(self.unet, schedule, context, noise, steps, guidance_scale)
+        latents = denoise(
+            self.unet,
+            make_sampler(sampler, self.noise_schedule_config),
+            context,
+            noise,
+            steps,
+            guidance_scale,
+        )
         images = decode(self.vae, latents, self.card.scale_factor)  # (B, 3, H, W)
         return images.permute(0, 2, 3, 1).numpy()
 
 
-def save_model(folder: Path, unet: Any, vae: Any, schedule: Any, card: ModelCard) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    unet.save_pretrained(folder / "unet")
-    vae.save_pretrained(folder / "vae")
-    schedule.save_pretrained(folder / "scheduler")
-    (folder / CARD).write_text(json.dumps(asdict(card), indent=2) + "\n")
-
-
-def read_card(folder: Path) -> ModelCard:
-    path = folder / CARD
-    if not path.is_file():
-        raise ModelError(
-            f"{folder}: no trained model here (no {CARD}); run `dvc repro train` (or `rdm train`)"
-        )
-    data = json.loads(path.read_text())
-    data["latent_shape"] = tuple(data["latent_shape"])
-    return ModelCard(**data)
-
-
-def load_model(folder: Path, device: str = "auto", checkpoint: Path | None = None) -> RetrievalDiffusionModel:
+def load_pipeline(folder: Path, device: str = "auto", checkpoint: Path | None = None) -> RdmPipeline:
     """Load a model folder written by the `train` stage (or downloaded from the MLflow registry).
 
     With `checkpoint`, a Lightning checkpoint of the same training (`models/checkpoints/*.ckpt`)
@@ -122,17 +79,15 @@ def load_model(folder: Path, device: str = "auto", checkpoint: Path | None = Non
     """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-    from rdm.embedding.model import resolve_device
-
     card = read_card(folder)
     torch_device = resolve_device(device)
-    unet = UNet2DConditionModel.from_pretrained(folder / "unet", low_cpu_mem_usage=False)
+    unet = UNet2DConditionModel.from_pretrained(folder / UNET, low_cpu_mem_usage=False)
     if checkpoint is not None:
         unet, card = _checkpoint_weights(unet, card, checkpoint)
     unet = unet.to(torch_device).eval()
-    vae = AutoencoderKL.from_pretrained(folder / "vae", low_cpu_mem_usage=False).to(torch_device).eval()
-    schedule = DDPMScheduler.from_pretrained(folder / "scheduler")
-    return RetrievalDiffusionModel(unet=unet, vae=vae, schedule_config=schedule.config, card=card)
+    vae = AutoencoderKL.from_pretrained(folder / VAE, low_cpu_mem_usage=False).to(torch_device).eval()
+    noise_schedule = DDPMScheduler.from_pretrained(folder / NOISE_SCHEDULE)
+    return RdmPipeline(unet=unet, vae=vae, noise_schedule_config=noise_schedule.config, card=card)
 
 
 def _checkpoint_weights(unet: Any, card: ModelCard, checkpoint: Path) -> tuple[Any, ModelCard]:

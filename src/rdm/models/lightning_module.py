@@ -1,6 +1,6 @@
 """The retrieval-augmented diffusion model as a LightningModule: the UNet, the loss and the optimiser.
-The UNet itself knows nothing of Lightning (`rdm.models.unet`); the schedule, the context and the guided
-loop are the diffusion core's (`rdm.diffusion`).
+The UNet itself knows nothing of Lightning (`rdm.models.unet`); the noise schedule, the samplers, the
+context and the guided loop are the diffusion core's (`rdm.diffusion`).
 
 A batch holds, per training image, its latent (the autoencoder's posterior mode, both flips: what the
 decoder decodes) and the CLIP embeddings of its k nearest neighbours in D_train, the whole context.
@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from rdm.config import UNetParams
 from rdm.diffusion.context import drop_context, neighbor_context, random_k
 from rdm.diffusion.guidance import denoise, seeded_noise
-from rdm.diffusion.schedule import TRAIN_TIMESTEPS, ddim, noise_schedule
+from rdm.diffusion.noise_schedule import TRAIN_TIMESTEPS, noise_schedule
+from rdm.diffusion.samplers import ddim
 from rdm.models import unet as unet_builder
 
 
@@ -38,7 +39,7 @@ def offset_noise(latents: torch.Tensor, offset: float) -> torch.Tensor:
     return noise
 
 
-class RetrievalDiffusion(L.LightningModule):
+class RdmLightningModule(L.LightningModule):
     """Epsilon-prediction latent diffusion conditioned by cross-attention on retrieved CLIP vectors."""
 
     def __init__(
@@ -63,8 +64,8 @@ class RetrievalDiffusion(L.LightningModule):
         self.save_hyperparameters()
         channels, size, _ = latent_shape
         self.unet = unet_builder.build(UNetParams(**unet), channels, size, context_dim)
-        self.schedule = noise_schedule()
-        self.register_buffer("alphas_cumprod", self.schedule.alphas_cumprod.clone(), persistent=False)
+        self.noise_schedule = noise_schedule()
+        self.register_buffer("alphas_cumprod", self.noise_schedule.alphas_cumprod.clone(), persistent=False)
         self.flops_per_batch: int | None = None
         """Set by whoever measured it (benchmarks/train.py); Lightning's ThroughputMonitor then logs MFU."""
 
@@ -132,7 +133,7 @@ class RetrievalDiffusion(L.LightningModule):
         """Scaled latents (B, C, h, w) for contexts (B, T, D), by DDIM with guidance; image i from
         seed + i."""
         noise = seeded_noise(tuple(self.hparams["latent_shape"]), [seed + i for i in range(len(context))])
-        return denoise(self.unet, ddim(self.schedule.config), context, noise, steps, guidance_scale)
+        return denoise(self.unet, ddim(self.noise_schedule.config), context, noise, steps, guidance_scale)
 
     def configure_optimizers(self) -> Any:
         from diffusers.optimization import get_scheduler
@@ -145,7 +146,7 @@ class RetrievalDiffusion(L.LightningModule):
             fused=True,
         )
         # constant: the reference's LambdaLinearScheduler (a linear warm-up, then the base rate)
-        schedule = get_scheduler(
+        lr_scheduler = get_scheduler(
             {"constant": "constant_with_warmup", "cosine": "cosine"}[self.hparams["lr_schedule"]],
             optimizer,
             num_warmup_steps=self.hparams["warmup_steps"],
@@ -153,5 +154,5 @@ class RetrievalDiffusion(L.LightningModule):
         )
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": schedule, "interval": "step", "name": "train/lr"},
+            "lr_scheduler": {"scheduler": lr_scheduler, "interval": "step", "name": "train/lr"},
         }

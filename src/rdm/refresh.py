@@ -17,8 +17,8 @@ from typing import Any
 
 import pandas as pd
 
+from rdm.artifacts.manifest import read_manifest
 from rdm.config import Config
-from rdm.data.manifest import read_manifest
 from rdm.data.s3 import is_s3_uri
 from rdm.evaluation.split import classifier_share
 from rdm.files import exclusive, write_json

@@ -1,0 +1,64 @@
+"""The trained model as one self-contained folder, laid out like a diffusers pipeline:
+
+    unet/        UNet2DConditionModel (config.json + safetensors), EMA weights
+    vae/         AutoencoderKL (config.json + safetensors), `scaling_factor` measured on the data
+    scheduler/   the training noise schedule (scheduler_config.json)
+    rdm.json     the card: context size, latent shape, the CLIP it was trained with, data versions
+
+No pickled objects: everything loads from configs and safetensors, in any process with this package
+(`rdm.models.pipeline.load_pipeline`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rdm.errors import UserError
+
+CARD = "rdm.json"
+UNET, VAE, NOISE_SCHEDULE = "unet", "vae", "scheduler"
+
+
+class ModelError(UserError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    k: int
+    """Neighbours in the training context; sampling may use another k."""
+    context_dim: int
+    latent_shape: tuple[int, int, int]
+    image_size: int
+    scale_factor: float
+    clip_model: str
+    clip_fingerprint: str
+    """Contexts must come from this CLIP: vectors of another mean nothing to the model."""
+    steps: int
+    versions: dict[str, str] = field(default_factory=dict)
+    """DVC hashes of the data it was trained on, and the git commit."""
+    run_id: str | None = None
+    """The MLflow run that trained it (evaluations are logged there too); None when untracked."""
+
+
+def save_model(folder: Path, unet: Any, vae: Any, noise_schedule: Any, card: ModelCard) -> None:
+    """The diffusers parts (anything with `save_pretrained`) and the card, into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    unet.save_pretrained(folder / UNET)
+    vae.save_pretrained(folder / VAE)
+    noise_schedule.save_pretrained(folder / NOISE_SCHEDULE)
+    (folder / CARD).write_text(json.dumps(asdict(card), indent=2) + "\n")
+
+
+def read_card(folder: Path) -> ModelCard:
+    path = folder / CARD
+    if not path.is_file():
+        raise ModelError(
+            f"{folder}: no trained model here (no {CARD}); run `dvc repro train` (or `rdm train`)"
+        )
+    data = json.loads(path.read_text())
+    data["latent_shape"] = tuple(data["latent_shape"])
+    return ModelCard(**data)
