@@ -95,23 +95,17 @@ def _services(config: Config, args: argparse.Namespace) -> None:
 
 def _report(config: Config, args: argparse.Namespace) -> None:
     """Print the last evaluation's style table (what `make demo` ends with)."""
-    import json
-
-    import pandas as pd
-
+    from rdm.artifacts.evaluation import read_evaluation
     from rdm.evaluation.report import format_table
 
-    table, metrics = Path(config.evaluate.plots) / "style_accuracy.csv", Path(config.evaluate.metrics)
-    if not table.is_file() or not metrics.is_file():
-        raise UserError(f"{table}: no evaluation yet; run `dvc repro evaluate` (or `rdm evaluate`)")
-    report = json.loads(metrics.read_text())
+    comparison, report = read_evaluation(Path(config.evaluate.plots), Path(config.evaluate.metrics))
     classifier = report.get("classifier", {})
     if "holdout_top1" in classifier:
         print(
             f"style classifier: top-1 {classifier['holdout_top1']:.1%} on {classifier['holdout_images']} "
             f"held-out images of its share of the collections (chance {classifier['chance']:.1%})"
         )
-    print(format_table(pd.read_csv(table), report))
+    print(format_table(comparison, report))
 
 
 def _sample(config: Config, args: argparse.Namespace) -> None:
@@ -295,10 +289,9 @@ def _search(config: Config, args: argparse.Namespace) -> None:
 
 def _ingest(config: Config, args: argparse.Namespace) -> None:
     """Ingest one source by hand, to check a folder (or manifest, or S3 prefix) before adding it."""
-    from rdm.artifacts.manifest import write_manifest
+    from rdm.artifacts.manifest import write_manifest, write_rejections
     from rdm.data.ingest import ingest
     from rdm.data.sources import open_source
-    from rdm.files import write_jsonl
     from rdm.stages.prepare import limits_of
 
     out = Path(args.out)
@@ -312,7 +305,7 @@ def _ingest(config: Config, args: argparse.Namespace) -> None:
         workers=config.prepare.workers,
     )
     write_manifest(result.records, out / "manifest.parquet")
-    write_jsonl(out / "rejected.jsonl", (r.as_dict() for r in result.rejections))
+    write_rejections(out / "rejected.jsonl", (r.as_dict() for r in result.rejections))
     print(
         f"{args.source}: {result.seen} files seen, {len(result.records)} accepted, "
         f"{len(result.rejections)} rejected"

@@ -10,14 +10,13 @@ the new data version with `dvc commit`). One refresh runs at a time per store.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from rdm.artifacts.manifest import read_manifest
+from rdm.artifacts.manifest import read_manifest, read_rejections
 from rdm.config import Config
 from rdm.data.s3 import is_s3_uri
 from rdm.evaluation.split import classifier_share
@@ -41,10 +40,7 @@ def _rejected_by_style(rejected: Path, styles_source: str) -> dict[str, int]:
     # locations as the source lists them: s3://bucket/prefix/..., or the folder's normalised path
     root = (styles_source.rstrip("/") if is_s3_uri(styles_source) else str(Path(styles_source))) + "/"
     counts: dict[str, int] = {}
-    if not rejected.is_file():
-        return counts
-    for line in rejected.read_text().splitlines():
-        row = json.loads(line)
+    for row in read_rejections(rejected):
         if row.get("split") != "styles" or not str(row["source"]).startswith(root):
             continue
         style = str(row["source"]).removeprefix(root).split("/", 1)[0]

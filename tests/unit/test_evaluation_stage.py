@@ -14,9 +14,11 @@ from PIL import Image
 
 from rdm.artifacts.clip import ClipCard
 from rdm.artifacts.embeddings import VectorChunks
+from rdm.artifacts.evaluation import read_evaluation
 from rdm.artifacts.manifest import Record, write_manifest
 from rdm.artifacts.samples import NULL, OTHER_STYLE, POSTFIX, POSTFIX_TEXT, RETRIEVAL
 from rdm.config import Config, config_from_dict
+from rdm.errors import UserError
 from rdm.evaluation.split import classifier_ids
 from rdm.files import write_jsonl
 from rdm.stages import evaluate
@@ -189,3 +191,8 @@ def test_evaluate_takes_old_records_and_no_reconstructions(
     assert POSTFIX_TEXT not in metrics["seen_styles"]
     printed = capsys.readouterr().out
     assert "no ceiling row" in printed and "no autoencoder reconstructions to score" in printed
+    # what `rdm report` prints from: the comparison table and the metrics, as written
+    comparison, read = read_evaluation(Path(config.evaluate.plots), Path(config.evaluate.metrics))
+    assert read == metrics and list(comparison["style"]) == sorted(metrics["styles"])
+    with pytest.raises(UserError, match="no evaluation yet; run `dvc repro evaluate`"):
+        read_evaluation(tmp_path / "nowhere", Path(config.evaluate.metrics))

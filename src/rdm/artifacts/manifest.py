@@ -1,17 +1,20 @@
-"""The prepared-data manifest: one parquet row per accepted image, the contract between stages."""
+"""The prepared data's account of every file: the manifest (one parquet row per accepted image, the contract
+between stages) and the rejections (one JSON line per file turned away, with its source and reason)."""
 
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rdm.files import atomic_write_bytes
+from rdm.files import atomic_write_bytes, write_jsonl
 
 
 @dataclass(frozen=True)
@@ -57,3 +60,14 @@ def read_manifest(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no manifest; run `dvc repro prepare` (or `rdm prepare`) first")
     return pq.read_table(path, schema=SCHEMA).to_pandas()
+
+
+def write_rejections(path: Path, rejections: Iterable[dict[str, Any]]) -> None:
+    write_jsonl(path, rejections)
+
+
+def read_rejections(path: Path) -> list[dict[str, Any]]:
+    """Every rejected file's row (split, source, reason, ...); none where nothing was rejected yet."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]

@@ -30,6 +30,7 @@ from PIL import Image
 
 from rdm.artifacts.autoencoder import read_reconstructions
 from rdm.artifacts.embeddings import VectorChunks
+from rdm.artifacts.evaluation import write_evaluation
 from rdm.artifacts.manifest import read_manifest
 from rdm.artifacts.samples import RETRIEVAL, read_samples
 from rdm.config import Config, EvaluateParams
@@ -43,7 +44,6 @@ from rdm.evaluation.report import classifier_report, compare_methods, format_tab
 from rdm.evaluation.scores import ceiling, context_hits, sample_scores, score_table
 from rdm.evaluation.sensitivity import conditioning_sensitivity
 from rdm.evaluation.split import classifier_ids, classifier_images
-from rdm.files import write_json
 from rdm.tracking.runs import flatten
 
 
@@ -183,14 +183,14 @@ def run(config: Config, progress: bool = True, run_name: str | None = None) -> d
     drawn = encode_samples(config, clip, judges, progress)
     table, comparison, metrics = score(config, clip, style_chunks, judges, drawn)
     metrics |= ceiling_and_sensitivity(config, clip, style_chunks, judges, drawn, progress)
-    charts = write_report(params, table, comparison, metrics)
+    written = write_report(params, table, comparison, metrics)
     print(
         f"evaluate: style classifier trained on {judges.style.train_size} collection images "
         f"(classifier_share {params.classifier_share}); {len(drawn.records)} samples in "
         f"{time.perf_counter() - started:.0f} s\n{format_table(comparison, metrics)}"
     )
     if config.tracking.enabled:
-        log_evaluation(config, metrics, charts, drawn.records[0]["model"], run_name)
+        log_evaluation(config, metrics, written, drawn.records[0]["model"], run_name)
     return metrics
 
 
@@ -294,23 +294,18 @@ def ceiling_and_sensitivity(
 def write_report(
     params: EvaluateParams, table: pd.DataFrame, comparison: pd.DataFrame, metrics: dict[str, Any]
 ) -> list[Path]:
-    """`evaluate.metrics`, and the CSV tables and charts under `evaluate.plots`; returns the charts."""
-    plots = Path(params.plots)
-    plots.mkdir(parents=True, exist_ok=True)
-    table.to_csv(plots / "styles.csv", index=False, float_format="%.4f")
-    comparison.to_csv(plots / "style_accuracy.csv", index=False, float_format="%.4f")
-    charts = draw_charts(comparison, plots)
-    write_json(Path(params.metrics), metrics)
-    return charts
+    """`evaluate.metrics`, the CSV tables and the charts under `evaluate.plots`; returns every file."""
+    written = write_evaluation(Path(params.plots), Path(params.metrics), table, comparison, metrics)
+    return [*written, *draw_charts(comparison, Path(params.plots))]
 
 
 def log_evaluation(
-    config: Config, metrics: dict[str, Any], charts: list[Path], model: dict[str, Any], run_name: str | None
+    config: Config, metrics: dict[str, Any], files: list[Path], model: dict[str, Any], run_name: str | None
 ) -> None:
     """Into the model's training run, or with `run_name` into a new run tagged with the model."""
     from rdm.tracking.runs import log_results
 
-    params, plots, out = config.evaluate, Path(config.evaluate.plots), Path(config.sample.out)
+    out = Path(config.sample.out)
     run_id = log_results(
         config.tracking,
         None if run_name else model.get("run_id"),
@@ -320,7 +315,7 @@ def log_evaluation(
             if isinstance(value, int | float) and not pd.isna(value)
         },
         {
-            "evaluation": [Path(params.metrics), plots / "styles.csv", plots / "style_accuracy.csv", *charts],
+            "evaluation": files,
             "evaluation/grids": sorted(out.glob("grid-*.png")),
         },
         run_name=run_name or "evaluate",

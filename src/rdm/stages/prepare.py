@@ -15,12 +15,12 @@ from typing import Any
 
 import pandas as pd
 
-from rdm.artifacts.manifest import write_manifest
+from rdm.artifacts.manifest import write_manifest, write_rejections
 from rdm.config import PrepareParams, S3Params
 from rdm.data.images import Limits
 from rdm.data.ingest import IngestResult, ingest
 from rdm.data.sources import SourceError, open_source, read_table
-from rdm.files import atomic_write_bytes, write_json, write_jsonl
+from rdm.files import atomic_write_bytes, write_json
 
 SPLITS = ("train", "d_train", "styles")
 
@@ -62,7 +62,7 @@ def run(params: PrepareParams, s3: S3Params, progress: bool = True) -> dict[str,
         buffer = prompts.to_parquet(index=False)
         atomic_write_bytes(out / "prompts.parquet", buffer)
 
-    write_jsonl(
+    write_rejections(
         Path(params.rejected), (r.as_dict() for result in results.values() for r in result.rejections)
     )
     metrics = _metrics(results, 0 if prompts is None else len(prompts))
