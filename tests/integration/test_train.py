@@ -16,6 +16,7 @@ import torch
 from mlflow import MlflowClient
 
 from rdm.config import Config, load_config
+from rdm.errors import UserError
 from rdm.stages import train
 from rdm.stages.train import TrainError
 from tests.support import rdm_env, run_pipeline, tracking_client, work_in, write_params
@@ -70,7 +71,7 @@ def test_training_is_tracked_registered_and_loads_in_a_fresh_process(in_pipeline
 
     code = (
         "import mlflow, numpy as np; mlflow.set_tracking_uri('sqlite:///mlflow.db'); "
-        "m = mlflow.pyfunc.load_pipeline('models:/rdm@latest'); "
+        "m = mlflow.pyfunc.load_model('models:/rdm@latest'); "
         "x = np.random.default_rng(0).normal(size=(3, 5, 128)).astype('float32'); "
         "y = m.predict(x / np.linalg.norm(x, axis=-1, keepdims=True), params={'steps': 3}); "
         "print('SHAPE', y.shape, y.dtype)"
@@ -149,5 +150,5 @@ def test_stale_or_missing_inputs_name_the_stage_to_run(in_pipeline: Config, tmp_
     missing = in_pipeline.model_copy(
         update={"neighbors": in_pipeline.neighbors.model_copy(update={"out": str(tmp_path / "none.parquet")})}
     )
-    with pytest.raises(TrainError, match=r"dvc repro neighbors"):
+    with pytest.raises(UserError, match=r"none\.parquet: no neighbours; run `dvc repro neighbors`"):
         train.run(missing, progress=False)
