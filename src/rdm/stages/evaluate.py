@@ -158,6 +158,8 @@ class Judges:
     """Per style, the (M, D) vectors of its classifier images: the Frechet distance's reference."""
     labels: dict[str, tuple[FittedClassifier, dict[str, str]]]
     reports: dict[str, Any]
+    style_ids: list[str]
+    """Every prepared style image: the collections hold those outside the classifier's share."""
 
 
 @dataclass(frozen=True)
@@ -201,7 +203,7 @@ def train_judges(config: Config, clip: clip_model.Clip, style_chunks: VectorChun
     fitted, trained_on, borrowed, references = style_classifier(styles, style_chunks, config.evaluate, device)
     train_chunks = VectorChunks(Path(config.embed.out) / "train", clip.card)
     labels, reports = label_judges(config, train_chunks, device)
-    return Judges(fitted, trained_on, borrowed, references, labels, reports)
+    return Judges(fitted, trained_on, borrowed, references, labels, reports, [str(i) for i in styles["id"]])
 
 
 def encode_samples(config: Config, clip: clip_model.Clip, judges: Judges, progress: bool) -> Drawn:
@@ -235,12 +237,11 @@ def score(
     table = score_table(samples, drawn.features, judges.references, drawn.held_out, **boot)
     comparison = compare_methods(table, style_differences(samples, **boot))
     metrics = summary(samples, table, judges.style, **boot)
-    styles = read_manifest(Path(config.prepare.out) / "styles.parquet")
-    kept_back = classifier_ids(styles["id"], params.classifier_share, params.split_seed)
+    kept_back = classifier_ids(judges.style_ids, params.classifier_share, params.split_seed)
     neighbors = [str(n["id"]) for r in records for n in r.get("neighbors", [])]
     metrics["classifier"] |= {
         "classifier_share": params.classifier_share,
-        "retrievable_images": len(styles) - len(kept_back),
+        "retrievable_images": len(judges.style_ids) - len(kept_back),
         "borrowed_images": len(judges.borrowed),
         # 0 when the collections leave out `classifier_ids` (as `rdm embed` does): a check that they do
         "neighbors_in_classifier_share": round(sum(n in kept_back for n in neighbors) / len(neighbors), 4)
