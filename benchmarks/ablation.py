@@ -64,9 +64,10 @@ def numbers(report: dict[str, Any], prefix: str = "") -> dict[str, float]:
 
 def run_stage(config: Config, stage: str, model: str | None) -> dict[str, Any]:
     if stage == "autoencoder":
-        from rdm.stages import autoencoder
+        from rdm.stages import autoencoder, reconstruct
 
-        return autoencoder.run(config.autoencoder, Path(config.prepare.out))
+        report = autoencoder.run(config.autoencoder, Path(config.prepare.out))
+        return report | {"styles": reconstruct.run(config.autoencoder, Path(config.prepare.out))}
     from rdm.stages import evaluate, sample, train
 
     report = train.run(config) if stage == "train" else {}

@@ -85,8 +85,8 @@ def prepare_demo(root: Path, images: int) -> Path:
     prep = PrepareParams.model_validate(
         {
             "out": str(root / "prepared"),
-            "metrics": str(root / "prepare.json"),
-            "rejected": str(root / "rejected.jsonl"),
+            "metrics": str(root / "prepare"),
+            "rejected": str(root / "rejected"),
             "sources": {
                 "train": str(root / "raw/train/manifest.csv"),
                 "d_train": str(root / "raw/d_train/manifest.csv"),

@@ -22,8 +22,9 @@ def update_collections() -> dict[str, Any]:
 
 @task(retries=2, retry_delay_seconds=15, retry_condition_fn=retry_if_transient)
 def record_version() -> None:
-    """dvc.lock takes the refreshed manifests and embeddings, so `dvc repro` sees them as current."""
-    dvc_repo.record(project(), ["prepare", "embed"], log_line)
+    """dvc.lock takes the refreshed style manifest and embeddings, so `dvc repro` sees them as current
+    (and reruns only what reads the styles side: reconstruct, sample, evaluate)."""
+    dvc_repo.record(project(), ["prepare-styles", "embed-styles"], log_line)
 
 
 @task

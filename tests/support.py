@@ -100,8 +100,9 @@ def rdm_env() -> dict[str, str]:
 
 
 def run_pipeline(config: Config, train_model: bool = False) -> None:
-    """generate -> prepare -> clip -> embed -> neighbors -> autoencoder (-> train), in the current folder."""
-    from rdm.stages import autoencoder, clip, embed, generate, neighbors, prepare, train
+    """generate -> prepare -> clip -> embed -> neighbors -> autoencoder -> reconstruct (-> train), in the
+    current folder."""
+    from rdm.stages import autoencoder, clip, embed, generate, neighbors, prepare, reconstruct, train
 
     generate.run(config, progress=False)
     prepare.run(config.prepare, config.s3, progress=False)
@@ -112,6 +113,7 @@ def run_pipeline(config: Config, train_model: bool = False) -> None:
     embed.run(config.embed, config.store, Path(config.clip.out), Path(config.prepare.out), False, keep_out)
     neighbors.run(config.neighbors, config.embed, Path(config.clip.out), Path(config.prepare.out), False)
     autoencoder.run(config.autoencoder, Path(config.prepare.out), progress=False)
+    reconstruct.run(config.autoencoder, Path(config.prepare.out))
     if train_model:
         train.run(config, progress=False)
 

@@ -27,9 +27,11 @@ def _generate(config: Config, args: argparse.Namespace) -> None:
 
 
 def _prepare(config: Config, args: argparse.Namespace) -> None:
+    from rdm.artifacts.manifest import SIDES
     from rdm.stages import prepare
 
-    prepare.run(config.prepare, config.s3)
+    for side in [args.side] if args.side else SIDES:
+        prepare.run_side(config.prepare, config.s3, side)
 
 
 def _clip(config: Config, args: argparse.Namespace) -> None:
@@ -39,11 +41,14 @@ def _clip(config: Config, args: argparse.Namespace) -> None:
 
 
 def _embed(config: Config, args: argparse.Namespace) -> None:
+    from rdm.artifacts.manifest import SIDES
     from rdm.evaluation.split import classifier_share
     from rdm.stages import embed
 
-    keep_out = classifier_share(config)
-    embed.run(config.embed, config.store, Path(config.clip.out), Path(config.prepare.out), keep_out=keep_out)
+    sides = [args.side] if args.side else list(SIDES)
+    keep_out = classifier_share(config) if "styles" in sides else set()
+    clip_dir, prepared = Path(config.clip.out), Path(config.prepare.out)
+    embed.run(config.embed, config.store, clip_dir, prepared, keep_out=keep_out, sides=sides)
 
 
 def _neighbors(config: Config, args: argparse.Namespace) -> None:
@@ -56,6 +61,12 @@ def _autoencoder(config: Config, args: argparse.Namespace) -> None:
     from rdm.stages import autoencoder
 
     autoencoder.run(config.autoencoder, Path(config.prepare.out))
+
+
+def _reconstruct(config: Config, args: argparse.Namespace) -> None:
+    from rdm.stages import reconstruct
+
+    reconstruct.run(config.autoencoder, Path(config.prepare.out))
 
 
 def _train(config: Config, args: argparse.Namespace) -> None:
@@ -249,6 +260,9 @@ def _print_sample_summary(
 def _collections(config: Config, args: argparse.Namespace) -> None:
     from rdm.retrieval.backends import open_store
 
+    if args.action == "import":
+        _import_collections(config, args)
+        return
     with open_store(config.store) as store:
         if args.action == "drop":
             store.require(args.name)
@@ -264,6 +278,23 @@ def _collections(config: Config, args: argparse.Namespace) -> None:
         )
     if not rows:
         print(f"(no collections in {config.store.backend} store {config.store.path}; run `rdm embed`)")
+
+
+def _import_collections(config: Config, args: argparse.Namespace) -> None:
+    """`.npz` retrieval databases (a folder or a .zip) into collections, one per file."""
+    from rdm.artifacts.clip import read_card
+    from rdm.retrieval.backends import open_store
+    from rdm.retrieval.databases import import_databases
+
+    if not args.name:
+        raise UserError("rdm collections import: give the folder or .zip of .npz databases")
+    card = read_card(Path(args.clip or config.clip.out))
+    with open_store(config.store) as store:
+        counts = import_databases(store, Path(args.name), card, args.name_prefix)
+    for name, points in counts.items():
+        print(f"imported {name}: {points} points of CLIP {card.model} [{card.fingerprint}]")
+    if not counts:
+        print(f"{args.name}: no .npz databases found")
 
 
 def _search(config: Config, args: argparse.Namespace) -> None:
@@ -352,13 +383,22 @@ def _add_generate_parser(verbs: argparse._SubParsersAction[argparse.ArgumentPars
 
 
 def _add_stage_parsers(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """The DVC stages after generate: no options, everything comes from the params file."""
+    """The DVC stages after generate: everything comes from the params file; `prepare` and `embed` take
+    the side they work on (both, training first, when none is given)."""
+    for verb, description, func in (
+        ("prepare", "ingest the configured sources into manifests", _prepare),
+        ("embed", "embed the prepared images and fill the collections", _embed),
+    ):
+        stage = verbs.add_parser(verb, help=f"{description} (DVC stages {verb}-training, {verb}-styles)")
+        stage.add_argument(
+            "side", nargs="?", choices=("training", "styles"), help="training (train, D_train) or styles"
+        )
+        stage.set_defaults(func=func)
     stages = {
-        "prepare": ("ingest the configured sources into manifests", _prepare),
         "clip": ("load or train the CLIP model and measure its retrieval", _clip),
-        "embed": ("embed every prepared image and fill the collections", _embed),
         "neighbors": ("k nearest D_train neighbours of each training image", _neighbors),
         "autoencoder": ("load or train the KL autoencoder, cache latents", _autoencoder),
+        "reconstruct": ("style images through the autoencoder: the evaluation's ceiling", _reconstruct),
         "train": ("train the retrieval-conditioned diffusion model", _train),
         "sample-styles": ("sample every style by each method and floor, for evaluate", _sample_stage),
         "evaluate": ("score the samples: style classifier, Frechet distance, CLIP score", _evaluate),
@@ -437,9 +477,15 @@ def _add_report_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser
 
 
 def _add_collections_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    col = verbs.add_parser("collections", help="list (or drop) the vector collections")
-    col.add_argument("action", nargs="?", choices=["list", "drop"], default="list")
-    col.add_argument("name", nargs="?", help="the collection to drop")
+    col = verbs.add_parser("collections", help="list, drop or import the vector collections")
+    col.add_argument("action", nargs="?", choices=["list", "drop", "import"], default="list")
+    col.add_argument(
+        "name", nargs="?", help="drop: the collection; import: a folder or .zip of .npz databases"
+    )
+    col.add_argument(
+        "--name-prefix", default="style-", help="import: collection = prefix + file stem (default style-)"
+    )
+    col.add_argument("--clip", help="import: the CLIP folder the vectors came from (default clip.out)")
     col.set_defaults(func=_collections)
 
 

@@ -91,8 +91,9 @@ class SourcesParams(Section):
 
     train: str = "data/raw/train/manifest.csv"
     d_train: str = "data/raw/d_train/manifest.csv"
-    styles: str = "data/raw/styles"
-    """One collection per style: the style is the first folder below this root (or a manifest column)."""
+    styles: str | list[str] = "data/raw/styles"
+    """One collection per style: the style is the first folder below each root (or a manifest column).
+    A list gathers several sources (folders, manifests, s3:// prefixes) into the same collections."""
     prompts: str | None = "data/raw/prompts.csv"
     """Evaluation prompts: a CSV or JSONL file with a `prompt` column."""
 
@@ -102,8 +103,10 @@ class PrepareParams(Section):
 
     sources: SourcesParams = SourcesParams()
     out: str = "data/prepared"
-    metrics: str = "reports/prepare.json"
-    rejected: str = "reports/rejected.jsonl"
+    metrics: str = "reports/prepare"
+    """Folder of the ingestion counts, one `<side>.json` per side (`rdm.artifacts.manifest.SIDES`)."""
+    rejected: str = "reports/rejected"
+    """Folder of the rejected files, one `<side>.jsonl` per side."""
     min_side: PositiveInt = 32
     """Images whose shorter side is below this are rejected as too small."""
     max_side: Annotated[int, Field(ge=16)] = 512
@@ -148,7 +151,8 @@ class EmbedParams(Section):
     """Embedding every prepared image and filling the collections."""
 
     out: str = "data/embeddings"
-    metrics: str = "reports/embed.json"
+    metrics: str = "reports/embed"
+    """Folder of the embedding counts, one `<side>.json` per side."""
     batch_size: PositiveInt = 256
     workers: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = "auto"
     """DataLoader processes decoding images. `auto`: none on a CPU (the model already uses every core,
@@ -178,6 +182,13 @@ class StoreParams(Section):
     hnsw_ef_construct: Annotated[int, Field(ge=8)] = 100
     hnsw_ef: Annotated[int, Field(ge=8)] = 64
     """Candidates kept while searching the graph: recall@19 0.9998 at 100k x 512 (benchmarks/retrieval.py)."""
+    version_max_age_s: PositiveInt = 3600
+    """Edge: a superseded version is removed once no reader is copying it; one a reader still holds is
+    removed anyway this long after the first attempt (that reader, stuck, retries with the new one)."""
+    lock_ttl_s: PositiveInt = 120
+    """Server: a revision's lock, held in the server (`<name>__lock`), expires this long after its last
+    renewal (every third of it while the revision runs); another host breaks an expired lock, so a
+    crashed host blocks the collection this long at most."""
 
 
 class NeighborsParams(Section):
@@ -202,7 +213,10 @@ class AutoencoderParams(Section):
     out: str = "models/autoencoder"
     metrics: str = "reports/autoencoder.json"
     reconstructions: str = "reports/autoencoder"
-    """Reconstructions of style-collection images (PNGs + reconstructions.jsonl): the evaluation's ceiling."""
+    """Reconstructions of style-collection images (PNGs + reconstructions.jsonl): the evaluation's ceiling,
+    written by the `reconstruct` stage."""
+    reconstruction_metrics: str = "reports/reconstruct.json"
+    """Their PSNR and colour check, overall and per style."""
     latents: str | None = "data/latents/train.npz"
     """Where the training images' latents are cached (both flips); null encodes on the fly in training."""
     image_size: Annotated[int, Field(ge=16, le=1024)] = 64

@@ -1,8 +1,10 @@
-"""Writing outputs so that an interrupted run never leaves a half-written file behind, and locks
-that keep two processes from changing the same thing at once."""
+"""Writing outputs so that an interrupted run never leaves a half-written file behind, locks that
+keep two processes from changing the same thing at once, and leases that keep what a process reads
+from being removed under it."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -45,6 +47,40 @@ def exclusive(path: Path, what: str, wait: bool = False) -> Iterator[None]:
         finally:
             handle.truncate(0)
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def lease(path: Path) -> Iterator[None]:
+    """Hold a shared lock on the existing file or folder `path` for the block: any number of holders
+    at once, and `claim` fails while one holds it, so what they read is not removed under them.
+    Raises FileNotFoundError when `path` is gone (or was renamed away while the lock was taken) and
+    BlockingIOError while a claim holds it: either way, look again for what to read."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        held, now = os.fstat(fd), os.stat(path)
+        if (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino):
+            raise FileNotFoundError(errno.ENOENT, "removed while being leased", str(path))
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def claim(path: Path) -> Iterator[bool]:
+    """Lock the file or folder `path` exclusively for the block if no `lease` holds it: yields True
+    when locked (remove or rename it inside the block), False when a lease holder has it. Like
+    `exclusive`, the lock dies with its holder; it works on local filesystems."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+        else:
+            yield True
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -1,11 +1,13 @@
-"""Refresh of the style collections from their source (`prepare.sources.styles`, a folder or an s3://
-prefix of `<style>/<image>`), as the scheduled `refresh-style-collections` flow runs it.
+"""Refresh of the style collections from their sources (`prepare.sources.styles`: folders or s3://
+prefixes of `<style>/<image>`), as the scheduled `refresh-style-collections` flow runs it.
 
-It is the pipeline's own way of building collections, `prepare` then `embed`, run on the sources as
-they are now: every file is hashed, only images never embedded go through CLIP, and each collection
-whose images changed is published as a new version in one atomic step. So a refresh and `dvc repro`
-build the same collections from the same source and neither undoes the other (the flow then records
-the new data version with `dvc commit`). One refresh runs at a time per store.
+It is the pipeline's own way of building collections, the styles side of `prepare` then of `embed`, run
+on the sources as they are now: every file is hashed, only images never embedded go through CLIP, and
+each collection whose images changed is published as a new version in one atomic step. The training
+side (train, D_train, their embeddings, CLIP, the autoencoder, the model) is never read for writing, so
+a refresh never makes a training stale. A refresh and `dvc repro` build the same collections from the
+same source and neither undoes the other (the flow then records the new data version with
+`dvc commit prepare-styles embed-styles`). One refresh runs at a time per store.
 """
 
 from __future__ import annotations
@@ -36,14 +38,16 @@ def _sources_by_style(manifest: Path) -> dict[str, dict[str, str]]:
     }
 
 
-def _rejected_by_style(rejected: Path, styles_source: str) -> dict[str, int]:
-    # locations as the source lists them: s3://bucket/prefix/..., or the folder's normalised path
-    root = (styles_source.rstrip("/") if is_s3_uri(styles_source) else str(Path(styles_source))) + "/"
+def _rejected_by_style(rejected: Path, styles_sources: list[str]) -> dict[str, int]:
+    # locations as the sources list them: s3://bucket/prefix/..., or the folder's normalised path
+    roots = [(s.rstrip("/") if is_s3_uri(s) else str(Path(s))) + "/" for s in styles_sources]
     counts: dict[str, int] = {}
     for row in read_rejections(rejected):
-        if row.get("split") != "styles" or not str(row["source"]).startswith(root):
+        source = str(row["source"])
+        root = next((r for r in roots if source.startswith(r)), None)
+        if row.get("split") != "styles" or root is None:
             continue
-        style = str(row["source"]).removeprefix(root).split("/", 1)[0]
+        style = source.removeprefix(root).split("/", 1)[0]
         counts[style] = counts.get(style, 0) + 1
     return counts
 
@@ -65,13 +69,13 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     manifest = Path(config.prepare.out) / "styles.parquet"
     with exclusive(Path(config.store.path) / ".locks" / "refresh.lock", "the style collections"):
         before = _sources_by_style(manifest)
-        prepare.run(config.prepare, config.s3, progress)
+        prepare.run_side(config.prepare, config.s3, "styles", progress)
         keep_out = classifier_share(config)
-        embedded = embed.run(
-            config.embed, config.store, Path(config.clip.out), Path(config.prepare.out), progress, keep_out
-        )
+        clip_dir, prepared = Path(config.clip.out), Path(config.prepare.out)
+        embedded = embed.run(config.embed, config.store, clip_dir, prepared, progress, keep_out, ["styles"])
         after = _sources_by_style(manifest)
-        rejected = _rejected_by_style(Path(config.prepare.rejected), config.prepare.sources.styles)
+        sources = prepare.style_sources(config.prepare)
+        rejected = _rejected_by_style(prepare.rejections_path(config.prepare, "styles"), sources)
     styles: dict[str, dict[str, int]] = {}
     for style in sorted(set(before) | set(after) | set(rejected)):
         collection = embedded["collections"].get(style_collection(style), {"points": 0})
@@ -80,7 +84,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
             "points": collection["points"],
         }
     summary = {
-        "source": config.prepare.sources.styles,
+        "source": ", ".join(prepare.style_sources(config.prepare)),
         "styles": styles,
         "added": sum(s["added"] for s in styles.values()),
         "changed": sum(s["changed"] for s in styles.values()),

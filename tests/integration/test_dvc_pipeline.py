@@ -1,13 +1,16 @@
 """`dvc repro` in a temporary copy of this repository: runs, skips when nothing changed, reruns only
 what a param change touches, and round-trips through the default (local directory) remote."""
 
+import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow import MlflowClient
+from PIL import Image
 
 from tests.support import TINY, clone_project, run_ok
 
@@ -26,7 +29,7 @@ def clone(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 def test_repro_skips_when_unchanged_and_round_trips_the_remote(clone: tuple[Path, dict[str, str]]) -> None:
     repo, env = clone
     first = run_ok(["dvc", "repro"], repo, env)
-    assert "Running stage 'generate'" in first and "Running stage 'prepare'" in first
+    assert "Running stage 'generate'" in first and "Running stage 'prepare-training'" in first
     manifest = repo / "data" / "prepared" / "train.parquet"
     assert manifest.is_file()
     assert "Running stage 'train'" in first and (repo / "models" / "rdm" / "rdm.json").is_file()
@@ -55,7 +58,8 @@ def test_repro_skips_when_unchanged_and_round_trips_the_remote(clone: tuple[Path
     params["prepare"]["min_side"] = 16
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = run_ok(["dvc", "repro"], repo, env)
-    assert "Running stage 'prepare'" in changed and "Running stage 'generate'" not in changed
+    assert "Running stage 'prepare-training'" in changed and "Running stage 'prepare-styles'" in changed
+    assert "Running stage 'generate'" not in changed
 
     before = manifest.read_bytes()
     run_ok(["dvc", "push"], repo, env)
@@ -66,3 +70,50 @@ def test_repro_skips_when_unchanged_and_round_trips_the_remote(clone: tuple[Path
     assert (
         len(list((repo / "data" / "raw" / "train" / "images").glob("*.png"))) == TINY_GENERATE["train_images"]
     )
+
+
+AFTER_A_REFRESH = {"reconstruct", "sample", "evaluate"}
+"""The stages that read the refreshed style side; every other stage trains or feeds a training."""
+
+
+def test_a_style_refresh_reruns_only_the_style_side_and_never_retrains(tmp_path: Path) -> None:
+    """The paper's promise, kept by the pipeline: add, change and delete images of a style source, refresh
+    the collections as the scheduled flow does (`rdm refresh`, then `dvc commit` of the two style-side
+    stages); `dvc status` then shows only style-side stages stale, and the train-rdm flow after it reruns
+    only those and leaves the registered model at the same version."""
+    source = tmp_path / "style-source"  # a folder outside the pipeline, like a shared drive
+    repo, env = clone_project(tmp_path, generate=TINY_GENERATE, prepare={"sources": {"styles": str(source)}})
+    run_ok(["rdm", "generate", "--out", str(tmp_path / "generated")], repo, env)
+    shutil.copytree(tmp_path / "generated" / "styles", source)
+    run_ok(["dvc", "repro"], repo, env)
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    (registered,) = client.search_model_versions("name='rdm'")
+    trained = (repo / "models" / "rdm" / "rdm.json").read_bytes()
+
+    neon = sorted((source / "neon").glob("*.png"))
+    flipped = Image.open(neon[0]).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    flipped.save(source / "neon" / "added.png")
+    Image.open(neon[1]).rotate(90).save(neon[1])  # changed in place
+    neon[2].unlink()
+    neon[2].with_suffix(".txt").unlink(missing_ok=True)
+    refreshed = run_ok(["rdm", "refresh"], repo, env)
+    assert "+1 added, 1 changed, -1 removed" in refreshed, refreshed
+    run_ok(["dvc", "commit", "--force", "prepare-styles", "embed-styles"], repo, env)
+
+    status = json.loads(run_ok(["dvc", "status", "--json"], repo, env).strip().splitlines()[-1])
+    stale = {name.split(":")[-1] for name in status}
+    assert stale == AFTER_A_REFRESH, status
+
+    flow = (
+        "import json; from flows.train_rdm import train_rdm; "
+        "print('RESULT', json.dumps(train_rdm(push=False)))"
+    )
+    prefect_home = {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    output = run_ok([sys.executable, "-c", flow], repo, env | prefect_home | {"RDM_PROJECT": str(repo)})
+    (line,) = [line for line in output.splitlines() if line.startswith("RESULT ")]
+    result = json.loads(line.removeprefix("RESULT "))
+    ran = {stage for stage, outcome in result["stages"].items() if outcome != "skipped"}
+    assert ran == stale, result["stages"]
+    assert result["model"]["version"] == str(registered.version)
+    assert [v.version for v in client.search_model_versions("name='rdm'")] == [registered.version]
+    assert (repo / "models" / "rdm" / "rdm.json").read_bytes() == trained

@@ -15,7 +15,7 @@ import yaml
 
 from rdm.artifacts.clip import ClipCard, read_card
 from rdm.artifacts.embeddings import VectorChunks
-from rdm.artifacts.manifest import read_manifest
+from rdm.artifacts.manifest import SPLITS, read_manifest
 from rdm.artifacts.neighbors import read_neighbors
 from rdm.cli import main
 from rdm.config import Config, load_config
@@ -128,7 +128,7 @@ def test_killed_embed_resumes_to_exactly_the_right_set(in_demo: Config, tmp_path
     report = embed.run(config.embed, config.store, Path(config.clip.out), Path(config.prepare.out), False)
     assert report["embedded"]["train"] == in_demo.generate.train_images - done_before
     card = read_card(Path(config.clip.out))
-    for split in embed.SPLITS:
+    for split in SPLITS:
         stored = [np.load(c)["ids"] for c in sorted((tmp_path / "embeddings" / split).glob("chunk-*.npz"))]
         ids = np.concatenate(stored)
         assert len(ids) == len(set(ids)), f"{split}: duplicate embeddings"

@@ -69,7 +69,7 @@ class VectorChunks:
         if missing:
             raise UserError(
                 f"{self.folder}: {len(missing)} images have no embedding (e.g. {missing[0]}); "
-                "run `dvc repro embed` (or `rdm embed`)"
+                "run `dvc repro embed-training embed-styles` (or `rdm embed`)"
             )
         return stored[[position[i] for i in ids]]
 
@@ -79,5 +79,7 @@ def read_vectors(folder: Path, card: ClipCard, ids: Sequence[str]) -> np.ndarray
     VectorChunks it never empties a folder of another CLIP's vectors, but says so."""
     meta = folder / "meta.json"
     if not meta.is_file() or json.loads(meta.read_text()).get("fingerprint") != card.fingerprint:
-        raise UserError(f"{folder}: no embeddings of CLIP {card.model}; run `dvc repro embed`")
+        raise UserError(
+            f"{folder}: no embeddings of CLIP {card.model}; run `dvc repro embed-training embed-styles`"
+        )
     return VectorChunks(folder, card).vectors_for(list(ids))

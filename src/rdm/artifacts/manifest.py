@@ -16,6 +16,23 @@ import pyarrow.parquet as pq
 
 from rdm.files import atomic_write_bytes, write_jsonl
 
+SIDES: dict[str, tuple[str, ...]] = {"training": ("train", "d_train"), "styles": ("styles",)}
+"""What trains the model (its images and the database D_train its neighbours come from), and what it
+is sampled and judged with (the style collections and the evaluation prompts). Each side is prepared,
+embedded and versioned on its own, so a style refresh never makes the training side stale."""
+SPLITS = tuple(split for splits in SIDES.values() for split in splits)
+PROMPTS = "prompts.parquet"
+"""The evaluation prompts, on the styles side."""
+
+
+def side_of(split: str) -> str:
+    return next(side for side, splits in SIDES.items() if split in splits)
+
+
+def manifest_path(prepared: Path, split: str) -> Path:
+    """`<prepared>/<split>.parquet`: one manifest per split."""
+    return prepared / f"{split}.parquet"
+
 
 @dataclass(frozen=True)
 class Record:
@@ -58,7 +75,9 @@ def write_manifest(records: Iterable[Record], path: Path) -> None:
 
 def read_manifest(path: Path) -> pd.DataFrame:
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no manifest; run `dvc repro prepare` (or `rdm prepare`) first")
+        side = side_of(path.stem) if path.stem in SPLITS else None
+        stage = f"prepare-{side}` (or `rdm prepare {side}`)" if side else "prepare-training prepare-styles`"
+        raise FileNotFoundError(f"{path}: no manifest; run `dvc repro {stage} first")
     return pq.read_table(path, schema=SCHEMA).to_pandas()
 
 

@@ -11,6 +11,7 @@ No pickled objects: everything loads from configs and safetensors, in any proces
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ from rdm.errors import UserError
 
 CARD = "rdm.json"
 UNET, VAE, NOISE_SCHEDULE = "unet", "vae", "scheduler"
+RUN_FIELDS = ("run_id", "versions")
+"""Card fields that tell which run made the model, not what it draws."""
 
 
 class ModelError(UserError):
@@ -62,3 +65,29 @@ def read_card(folder: Path) -> ModelCard:
     data = json.loads(path.read_text())
     data["latent_shape"] = tuple(data["latent_shape"])
     return ModelCard(**data)
+
+
+def content_digest(folder: Path) -> str:
+    """SHA-256 of what the model in `folder` draws, so that a rerun or a copy of the same model is
+    recognised: the files of its diffusers parts (weights and configs; safetensors are byte-stable for
+    the same tensors) and its card without the fields naming the run that made it (`RUN_FIELDS`).
+    Left out: where a part was loaded from (`_name_or_path` in its config) and the sample grid."""
+    card = {k: v for k, v in asdict(read_card(folder)).items() if k not in RUN_FIELDS}
+    digest = hashlib.sha256(json.dumps(card, sort_keys=True).encode())
+    for part in (UNET, VAE, NOISE_SCHEDULE):
+        if not (folder / part).is_dir():
+            raise ModelError(f"{folder}: no {part}/ beside {CARD}; run `dvc repro train` (or `rdm train`)")
+        for path in sorted(p for p in (folder / part).rglob("*") if p.is_file()):
+            digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+            digest.update(_file_digest(path))
+    return digest.hexdigest()
+
+
+def _file_digest(path: Path) -> bytes:
+    """A JSON config without `_name_or_path`, any other file as its bytes."""
+    if path.suffix == ".json":
+        config = json.loads(path.read_text())
+        config.pop("_name_or_path", None)
+        return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).digest()
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").digest()

@@ -49,8 +49,10 @@ class IngestResult:
         return {"seen": self.seen, "accepted": len(self.records), "rejected": self.reasons()}
 
 
-def image_relpath(image_id: str, suffix: str) -> str:
-    return f"images/{image_id[:2]}/{image_id}{suffix}"
+def image_relpath(image_id: str, suffix: str, split: str) -> str:
+    """`images/<split>/<2 hex>/<id><suffix>`: one folder per split, so each side's images are a DVC
+    output of their own."""
+    return f"images/{split}/{image_id[:2]}/{image_id}{suffix}"
 
 
 def ingest(
@@ -64,7 +66,7 @@ def ingest(
     workers: int = 4,
     progress: bool = True,
 ) -> IngestResult:
-    """Ingest every item of `source` into `out_dir/images/`.
+    """Ingest every item of `source` into `out_dir/images/<split>/`.
 
     `seen` maps ids already ingested (possibly from other splits) to their source, so a file whose
     bytes were met before becomes a `duplicate` rejection; it is updated in place.
@@ -112,7 +114,7 @@ def _process(
     except Rejected as exc:
         return Rejection(item.location, split, exc.reason, exc.detail)
     image_id = sha256(data).hexdigest()
-    rel = image_relpath(image_id, checked.suffix)
+    rel = image_relpath(image_id, checked.suffix, split)
     target = out_dir / rel
     if not target.exists():
         atomic_write_bytes(target, data if checked.unchanged else _png_bytes(checked))

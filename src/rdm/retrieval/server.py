@@ -4,33 +4,53 @@ Each collection name is an alias of a physical collection (`<name>__v<n>`): a re
 physical collection and publishes it by swapping the alias in one call; the version before stays for
 readers still searching it, all others are removed. The CLIP a collection was built with is kept in
 its metadata.
+
+The server is shared by every host, so the lock that lets one revision (or `ensure`, `drop`) change a
+collection at a time is held in the server itself: a marker collection `<name>__lock`, which the server
+creates for one caller only, naming its holder and when the lock expires. The holder renews it while
+it works and deletes it when done; another host breaks it once expired (a crashed holder), and a
+holder whose lock was broken publishes nothing.
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, cast
 
 import numpy as np
 from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import UnexpectedResponse
 
 from rdm.artifacts.clip import ClipCard
 from rdm.config import StoreParams
-from rdm.retrieval.store import CollectionError, CollectionInfo, Hit, VectorStore, point_id
+from rdm.retrieval.store import CollectionBusy, CollectionError, CollectionInfo, Hit, VectorStore, point_id
 
 UPSERT_BATCH = 1000
+LOCK_SUFFIX = "__lock"
+LOCK_ATTEMPTS = 3
 
 
 class ServerStore(VectorStore):
     backend = "server"
 
-    def __init__(self, params: StoreParams, url: str, api_key: str | None) -> None:
+    def __init__(
+        self, params: StoreParams, url: str, api_key: str | None, client: QdrantClient | None = None
+    ) -> None:
+        """`client`: one already connected to `url` (shared, and left open by `close`)."""
         super().__init__(params)
         self.url = url
-        self.client = (
+        self._owns_client = client is None
+        self.client = client or (
             QdrantClient(location=":memory:") if url == ":memory:" else QdrantClient(url=url, api_key=api_key)
         )
+        self._held: dict[str, str] = {}
+        """The token of each collection lock this store holds."""
 
     @property
     def location(self) -> str:
@@ -105,6 +125,7 @@ class ServerStore(VectorStore):
         return draft
 
     def _publish(self, name: str, draft: str) -> None:
+        self._check_held(name)
         swap: list[Any] = []
         if name in self._aliases():
             swap.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=name)))
@@ -122,8 +143,8 @@ class ServerStore(VectorStore):
     def _discard(self, draft: str) -> None:
         self.client.delete_collection(draft)
 
-    def upsert(
-        self, name: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
+    def _upsert(
+        self, draft: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
     ) -> None:
         for start in range(0, len(ids), UPSERT_BATCH):
             points = [
@@ -135,12 +156,11 @@ class ServerStore(VectorStore):
                     strict=True,
                 )
             ]
-            self.client.upsert(name, points=points, wait=True)
+            self.client.upsert(draft, points=points, wait=True)
 
-    def delete(self, name: str, ids: Sequence[str]) -> None:
-        if ids:
-            selector = models.PointIdsList(points=[point_id(i) for i in ids])
-            self.client.delete(name, points_selector=selector, wait=True)
+    def _delete(self, draft: str, ids: Sequence[str]) -> None:
+        selector = models.PointIdsList(points=[point_id(i) for i in ids])
+        self.client.delete(draft, points_selector=selector, wait=True)
 
     def ids(self, name: str) -> set[str]:
         found: set[str] = set()
@@ -164,7 +184,7 @@ class ServerStore(VectorStore):
         responses = self.client.query_batch_points(name, requests=requests) if requests else []
         return [[_hit(p, with_vectors) for p in response.points] for response in responses]
 
-    def drop(self, name: str) -> None:
+    def _drop(self, name: str) -> None:
         if name in self._aliases():
             self.client.update_collection_aliases(
                 change_aliases_operations=[
@@ -179,7 +199,111 @@ class ServerStore(VectorStore):
         """The server indexes in the background; nothing to wait for."""
 
     def close(self) -> None:
-        self.client.close()
+        if self._owns_client:
+            self.client.close()
+
+    @contextmanager
+    def _lock(self, name: str) -> Iterator[None]:
+        """Hold the server-side lock on `name` for the block, renewing it every third of
+        `store.lock_ttl_s`. Raises CollectionBusy while another holder's lock is live."""
+        marker, token = f"{name}{LOCK_SUFFIX}", uuid.uuid4().hex
+        self._acquire(name, marker, token)
+        self._held[name] = token
+        stop = threading.Event()
+        renewal = threading.Thread(target=self._renew, args=(marker, token, stop), daemon=True)
+        renewal.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            renewal.join()
+            del self._held[name]
+            if self._lock_token(marker) == token:
+                self.client.delete_collection(marker)
+
+    def _acquire(self, name: str, marker: str, token: str) -> None:
+        """Create the marker collection, which succeeds for one caller only; break an expired one."""
+        for _ in range(LOCK_ATTEMPTS):
+            try:
+                self.client.create_collection(
+                    marker,
+                    vectors_config=models.VectorParams(size=1, distance=models.Distance.COSINE),
+                    metadata={
+                        "holder": f"pid {os.getpid()} on {socket.gethostname()}",
+                        "token": token,
+                        "expires": time.time() + self.params.lock_ttl_s,
+                    },
+                )
+                return
+            except (ValueError, UnexpectedResponse) as error:
+                if not _already_exists(error):
+                    raise
+            held = self._lock_meta(marker)
+            if held is None:
+                continue  # released meanwhile
+            holder, expires = held.get("holder", "another host"), float(held.get("expires", 0))
+            if expires > time.time():
+                raise CollectionBusy(
+                    f"collection {name!r} is being changed by {holder} (lock {marker} on the Qdrant server "
+                    f"{self.url}, for {expires - time.time():.0f} s more unless renewed); wait for it, "
+                    f"then try again"
+                )
+            late = time.time() - expires
+            print(f"breaking the lock on collection {name!r} of {holder}: it expired {late:.0f} s ago")
+            self._break(marker, held.get("token"))
+        raise CollectionBusy(
+            f"collection {name!r}: its lock {marker} on {self.url} keeps changing hands; try again"
+        )
+
+    def _break(self, marker: str, token: object) -> None:
+        """Delete an expired lock if it is still the one found expired. The server has no
+        compare-and-delete, so two hosts breaking the same lock at the same instant could both win:
+        the expiry is the margin, and a holder checks its lock before publishing."""
+        if self._lock_token(marker) == token:
+            self.client.delete_collection(marker)
+
+    def _renew(self, marker: str, token: str, stop: threading.Event) -> None:
+        """Push the lock's expiry on while the block runs; stop if another host has broken it."""
+        while not stop.wait(self.params.lock_ttl_s / 3):
+            try:
+                if self._lock_token(marker) != token:
+                    return
+                self.client.update_collection(
+                    marker, metadata={"expires": time.time() + self.params.lock_ttl_s}
+                )
+            except Exception as error:  # a network blip: the next renewal tries again
+                print(f"could not renew the lock {marker} on {self.url}: {error}")
+
+    def _check_held(self, name: str) -> None:
+        """Refuse to publish once this store's lock on `name` is gone (broken after it expired)."""
+        marker = f"{name}{LOCK_SUFFIX}"
+        if name not in self._held or self._lock_token(marker) != self._held[name]:
+            raise CollectionError(
+                f"lost the lock on collection {name!r} ({marker} on {self.url}): another host broke it "
+                f"once it expired. Nothing was published. Raise store.lock_ttl_s if this host stalls "
+                f"that long, then run again."
+            )
+
+    def _lock_meta(self, marker: str) -> dict[str, Any] | None:
+        """The holder, token and expiry of a lock; None when nobody holds it."""
+        try:
+            return dict(self.client.get_collection(marker).config.metadata or {})
+        except (ValueError, UnexpectedResponse) as error:
+            if isinstance(error, UnexpectedResponse) and error.status_code != 404:
+                raise
+            return None
+
+    def _lock_token(self, marker: str) -> object:
+        held = self._lock_meta(marker)
+        return None if held is None else held.get("token")
+
+
+def _already_exists(error: Exception) -> bool:
+    """Whether creating a collection failed because it exists: 409 from a server (400 before 1.8),
+    ValueError from qdrant-client's local mode."""
+    if isinstance(error, UnexpectedResponse):
+        return error.status_code == 409 or (error.status_code == 400 and b"already exists" in error.content)
+    return "already exists" in str(error)
 
 
 def _hit(point: models.ScoredPoint, with_vectors: bool) -> Hit:

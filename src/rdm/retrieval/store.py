@@ -6,7 +6,9 @@ Point ids are derived from the image id (the sha256 of its bytes), so writing is
 
 Collections are versioned: `revision()` changes a private copy and publishes it in one atomic step
 (an alias swap on a server, a pointer file at the edge), so a reader sees the old collection or the
-new one, never a mix; a per-collection lock lets one revision run at a time.
+new one, never a mix; a per-collection lock lets one revision run at a time, and `ensure` and `drop`
+take it too. A published version is never written in place: `upsert` or `delete` aimed at a
+published collection runs a revision of its own.
 """
 
 from __future__ import annotations
@@ -102,13 +104,17 @@ class VectorStore(ABC):
     def _create(self, name: str, dim: int, card: ClipCard) -> None: ...
 
     @abstractmethod
-    def upsert(
-        self, name: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
+    def _upsert(
+        self, draft: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
     ) -> None:
-        """Insert or replace points; `vectors` is (N, D), `payloads` carry at least `id`."""
+        """Insert or replace points of an unpublished version."""
 
     @abstractmethod
-    def delete(self, name: str, ids: Sequence[str]) -> None: ...
+    def _delete(self, draft: str, ids: Sequence[str]) -> None: ...
+
+    @abstractmethod
+    def _is_draft(self, name: str) -> bool:
+        """Whether `name` is an unpublished version (a `revision.name`), written in place."""
 
     @abstractmethod
     def ids(self, name: str) -> set[str]:
@@ -119,7 +125,8 @@ class VectorStore(ABC):
         """(B, D) queries -> for each, the k nearest points, most similar first."""
 
     @abstractmethod
-    def drop(self, name: str) -> None: ...
+    def _drop(self, name: str) -> None:
+        """Remove every version of `name` (the caller holds its lock)."""
 
     @abstractmethod
     def finish(self, name: str) -> None:
@@ -145,6 +152,45 @@ class VectorStore(ABC):
 
     @abstractmethod
     def _discard(self, draft: str) -> None: ...
+
+    def upsert(
+        self, name: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
+    ) -> None:
+        """Insert or replace points; `vectors` is (N, D), `payloads` carry at least `id`. `name` is a
+        `revision.name`, or a published collection, changed then through a revision of its own."""
+        if self._is_draft(name):
+            self._upsert(name, ids, vectors, payloads)
+            return
+        with self._revised(name) as draft:
+            self._upsert(draft, ids, vectors, payloads)
+
+    def delete(self, name: str, ids: Sequence[str]) -> None:
+        """Remove the points of these image ids, from a draft or (through a revision) a collection."""
+        if not ids:
+            return
+        if self._is_draft(name):
+            self._delete(name, ids)
+            return
+        with self._revised(name) as draft:
+            self._delete(draft, ids)
+
+    @contextmanager
+    def _revised(self, name: str) -> Iterator[str]:
+        """A revision of the published `name` for one write outside `revision()`, published when the
+        write succeeds: readers never see a version half written."""
+        self.require(name)
+        dim, model, fingerprint = self.built_with(name)
+        # a collection records no weights source, and a revision reads none
+        card = ClipCard(model=model, source="as built", embed_dim=dim, fingerprint=fingerprint)
+        with self.revision(name, card) as revision:
+            yield revision.name
+            revision.changed = True
+
+    def drop(self, name: str) -> None:
+        """Remove collection `name` and all its versions. Raises CollectionBusy while a revision of it
+        runs."""
+        with self._lock(name):
+            self._drop(name)
 
     def exists(self, name: str) -> bool:
         return name in self.list_collections()
@@ -184,12 +230,16 @@ class VectorStore(ABC):
                 self._discard(revision.name)
 
     def _lock(self, name: str) -> AbstractContextManager[None]:
+        """The lock that lets one process at a time change `name` (a host-local file lock here)."""
         return exclusive(Path(self.params.path) / ".locks" / f"{name}.lock", f"collection {name!r}")
 
     def ensure(self, name: str, card: ClipCard) -> CollectionInfo:
-        """Create `name` for vectors of this CLIP, or check that the existing one holds them."""
+        """Create `name` for vectors of this CLIP, or check that the existing one holds them. Creating
+        takes the collection's lock (CollectionBusy while a revision of it runs); checking does not."""
         if not self.exists(name):
-            self._create(name, card.embed_dim, card)
+            with self._lock(name):
+                if not self.exists(name):  # another process may have created it meanwhile
+                    self._create(name, card.embed_dim, card)
         info = self.info(name)
         self.check(info, card)
         return info
@@ -217,7 +267,8 @@ class VectorStore(ABC):
             known = ", ".join(self.list_collections()) or "none"
             raise CollectionError(
                 f"no collection {name!r} in the {self.backend} store ({self.location}); "
-                f"collections here: {known}. Run `dvc repro embed` (or `rdm embed`) to build them."
+                f"collections here: {known}. Run `dvc repro embed-training embed-styles` (or `rdm embed`) "
+                "to build them."
             )
         return self.info(name)
 

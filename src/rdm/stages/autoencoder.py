@@ -1,26 +1,22 @@
 """`autoencoder` stage: the latent space the diffusion model works in.
 
 Loads a pretrained diffusers AutoencoderKL (`autoencoder.pretrained`) or trains a small one on the
-training images; measures the latent scale factor on those images, and on images it never saw (D_train,
-and every style collection, held-out styles included) the reconstruction PSNR and whether colours
-survive; writes reconstructions of style images for the evaluation's ceiling, the autoencoder to
-`autoencoder.out` (a diffusers folder whose `scaling_factor` is the measured one) and, if
-`autoencoder.latents` is set, caches the training images' latents (posterior mode), mirrored and not,
-for the `train` stage.
+training images; measures the latent scale factor on those images, and on images it never saw (D_train)
+the reconstruction PSNR and whether colours survive; writes the autoencoder to `autoencoder.out` (a
+diffusers folder whose `scaling_factor` is the measured one) and, if `autoencoder.latents` is set,
+caches the training images' latents (posterior mode), mirrored and not, for the `train` stage.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
-from rdm.artifacts.autoencoder import AutoencoderCard, save_latents, write_card, write_reconstructions
+from rdm.artifacts.autoencoder import AutoencoderCard, save_latents, write_card
 from rdm.artifacts.manifest import read_manifest
 from rdm.config import AutoencoderParams
 from rdm.devices import resolve_device
@@ -29,7 +25,6 @@ from rdm.files import write_json
 from rdm.models import autoencoder as ae
 
 PSNR_IMAGES = 256
-RECONSTRUCTED_PER_STYLE = 40
 
 
 def run(params: AutoencoderParams, prepared: Path, progress: bool = True) -> dict[str, Any]:
@@ -67,9 +62,7 @@ def run(params: AutoencoderParams, prepared: Path, progress: bool = True) -> dic
     print(
         f"autoencoder: {report['source']}, latents {latent_shape} (x{params.image_size // latent_shape[-1]} "
         f"smaller), scale factor {scale:.4f}, held-out PSNR {report['psnr_db']} dB, colour kept in "
-        f"{report['colour_kept']:.0%} (D_train) and {report['styles']['colour_kept']:.0%} (style "
-        "collections), "
-        f"in {time.perf_counter() - started:.0f} s -> {params.out}"
+        f"{report['colour_kept']:.0%} (D_train), in {time.perf_counter() - started:.0f} s -> {params.out}"
     )
     return report
 
@@ -78,44 +71,12 @@ def reconstruction_report(
     vae: ae.AutoencoderKL, params: AutoencoderParams, prepared: Path, device: torch.device
 ) -> dict[str, Any]:
     """How much of the images survives the latent, on images the autoencoder never saw: PSNR and the
-    colour check on D_train, and per style on each collection's first images by id, whose reconstructions
-    are written to `reconstructions` for the evaluation's ceiling (the style classifier on them)."""
+    colour check on D_train (the style collections' are the `reconstruct` stage's)."""
     d_train = read_manifest(prepared / "d_train.parquet").head(PSNR_IMAGES)
     unseen = load_images([prepared / p for p in d_train["path"]], params.image_size)
     restored = ae.reconstruct(vae, unseen, device)
-    report: dict[str, Any] = {
+    return {
         "psnr_db": round(ae.psnr(restored, unseen), 2),
         "colour_kept": round(ae.colour_kept(restored, unseen), 4),
         "psnr_images": len(unseen),
     }
-    styles_path = prepared / "styles.parquet"
-    if not styles_path.is_file():
-        return report
-    styles = read_manifest(styles_path).sort_values("id")
-    chosen = styles.groupby("style", sort=True).head(RECONSTRUCTED_PER_STYLE)
-    originals = load_images([prepared / p for p in chosen["path"]], params.image_size)
-    restored = ae.reconstruct(vae, originals, device)
-    folder = Path(params.reconstructions)
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    records = []
-    for n, (image_id, style) in enumerate(zip(chosen["id"], chosen["style"], strict=True)):
-        file = f"{style}-{image_id[:12]}.png"
-        Image.fromarray(restored[n].permute(1, 2, 0).numpy()).save(folder / file)
-        records.append({"file": file, "style": str(style), "id": str(image_id)})
-    write_reconstructions(folder, records)
-    labels = chosen["style"].to_numpy()
-    per_style = {
-        str(style): {
-            "psnr_db": round(ae.psnr(restored[labels == style], originals[labels == style]), 2),
-            "colour_kept": round(ae.colour_kept(restored[labels == style], originals[labels == style]), 4),
-        }
-        for style in sorted(set(labels))
-    }
-    report["styles"] = {
-        "psnr_db": round(ae.psnr(restored, originals), 2),
-        "colour_kept": round(ae.colour_kept(restored, originals), 4),
-        "images": len(originals),
-        "per_style": per_style,
-    }
-    return report

@@ -1,14 +1,15 @@
 """`embed` stage: every prepared image through CLIP, then into the collections.
 
+It runs one side at a time (`rdm.artifacts.manifest.SIDES`), each a DVC stage of its own.
 Embeddings go to `embed.out/<split>/` (resumable chunks: a rerun embeds only what is missing).
-Collections: `d_train` and one `style-<name>` per style, each point carrying the image id, path,
-caption, style and split. Writing a collection adds what is missing and removes what is no longer
-in the manifest, so the collection always ends equal to the manifest.
+Collections: `d_train` (training side) and one `style-<name>` per style (styles side), each point
+carrying the image id, path, caption, style and split. Writing a collection adds what is missing and
+removes what is no longer in the manifest, so the collection always ends equal to the manifest.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +18,13 @@ import pandas as pd
 
 from rdm.artifacts.clip import ClipCard
 from rdm.artifacts.embeddings import VectorChunks
-from rdm.artifacts.manifest import read_manifest
+from rdm.artifacts.manifest import SIDES, manifest_path, read_manifest
 from rdm.config import EmbedParams, StoreParams
 from rdm.embedding import model as clip_model
 from rdm.embedding.encode import encode_paths
 from rdm.files import write_json
 from rdm.retrieval.backends import open_store
 from rdm.retrieval.store import D_TRAIN, VectorStore, ids_digest, style_collection
-
-SPLITS = ("train", "d_train", "styles")
 
 
 def embed_split(
@@ -104,27 +103,50 @@ def run(
     prepared: Path,
     progress: bool = True,
     keep_out: Collection[str] = (),
+    sides: Sequence[str] = tuple(SIDES),
 ) -> dict[str, Any]:
-    """Embed every split and fill the collections. `keep_out`: style images that no collection may hold
-    (the style classifier's share, `rdm.evaluation.split.classifier_ids`); they are still embedded."""
+    """Embed the splits of each side (`rdm.artifacts.manifest.SIDES`, both by default) and fill its
+    collections: D_train for the training side, one per style for the styles side. `keep_out`: style
+    images that no collection may hold (the style classifier's share,
+    `rdm.evaluation.split.classifier_ids`); they are still embedded. Returns what was embedded by split
+    and the counts by collection."""
     clip = clip_model.load(clip_dir, params.device)
-    manifests = {split: read_manifest(prepared / f"{split}.parquet") for split in SPLITS}
-    chunks = {split: VectorChunks(Path(params.out) / split, clip.card) for split in SPLITS}
-    report: dict[str, Any] = {"clip": clip.card.model, "fingerprint": clip.card.fingerprint, "embedded": {}}
-    for split in SPLITS:
+    report: dict[str, Any] = {"clip": clip.card.model, "fingerprint": clip.card.fingerprint}
+    report |= {"embedded": {}, "collections": {}}
+    for side in sides:
+        done = run_side(clip, params, store_params, prepared, side, progress, keep_out)
+        report["embedded"] |= done["embedded"]
+        report["collections"] |= done["collections"]
+    return report
+
+
+def run_side(
+    clip: clip_model.Clip,
+    params: EmbedParams,
+    store_params: StoreParams,
+    prepared: Path,
+    side: str,
+    progress: bool,
+    keep_out: Collection[str],
+) -> dict[str, Any]:
+    splits = SIDES[side]
+    manifests = {split: read_manifest(manifest_path(prepared, split)) for split in splits}
+    chunks = {split: VectorChunks(Path(params.out) / split, clip.card) for split in splits}
+    report: dict[str, Any] = {"embedded": {}}
+    for split in splits:
         report["embedded"][split] = embed_split(
             clip, manifests[split], prepared, chunks[split], params, split, progress
         )
     collections = wanted_collections(manifests, chunks, keep_out)
     with open_store(store_params) as store:
-        report["collections"] = fill_collections(store, collections, clip.card, prepared, params)
+        report["collections"] = fill_collections(store, collections, clip.card, prepared, params, side)
     # The metrics file holds only what the inputs determine (not what this particular run had to do).
     write_json(
-        Path(params.metrics),
+        metrics_path(params, side),
         {
-            "clip": report["clip"],
-            "fingerprint": report["fingerprint"],
-            "vectors": {split: len(manifests[split]) for split in SPLITS},
+            "clip": clip.card.model,
+            "fingerprint": clip.card.fingerprint,
+            "vectors": {split: len(manifests[split]) for split in splits},
             "collections": {name: c["points"] for name, c in report["collections"].items()},
         },
     )
@@ -132,15 +154,23 @@ def run(
     return report
 
 
+def metrics_path(params: EmbedParams, side: str) -> Path:
+    return Path(params.metrics) / f"{side}.json"
+
+
 def wanted_collections(
     manifests: dict[str, pd.DataFrame], chunks: dict[str, VectorChunks], keep_out: Collection[str]
 ) -> dict[str, tuple[pd.DataFrame, VectorChunks]]:
-    """Every collection and the rows it must hold: D_train, and one per style without `keep_out`."""
-    retrievable = manifests["styles"][~manifests["styles"]["id"].isin(set(keep_out))]
-    return {D_TRAIN: (manifests["d_train"], chunks["d_train"])} | {
-        style_collection(style): (rows, chunks["styles"])
-        for style, rows in retrievable.groupby("style", sort=True)
-    }
+    """Every collection of the splits given and the rows it must hold: D_train, and one per style
+    without `keep_out`."""
+    wanted: dict[str, tuple[pd.DataFrame, VectorChunks]] = {}
+    if "d_train" in manifests:
+        wanted[D_TRAIN] = (manifests["d_train"], chunks["d_train"])
+    if "styles" in manifests:
+        retrievable = manifests["styles"][~manifests["styles"]["id"].isin(set(keep_out))]
+        for style, rows in retrievable.groupby("style", sort=True):
+            wanted[style_collection(str(style))] = (rows, chunks["styles"])
+    return wanted
 
 
 def fill_collections(
@@ -149,14 +179,16 @@ def fill_collections(
     card: ClipCard,
     prepared: Path,
     params: EmbedParams,
+    side: str,
 ) -> dict[str, dict[str, int]]:
-    """Bring every wanted collection up to date, and drop the style collections no longer wanted (a
-    style gone from its source: samplers would keep drawing it); counts per collection."""
+    """Bring every wanted collection up to date and, on the styles side, drop the style collections
+    no longer wanted (a style gone from its source: samplers would keep drawing it); counts per
+    collection."""
     counts = {
         name: fill_collection(store, name, rows, split_chunks, card, prepared, params.rebuild_mismatched)
         for name, (rows, split_chunks) in collections.items()
     }
-    for name in store.list_collections():
+    for name in store.list_collections() if side == "styles" else []:
         if name.startswith(style_collection("")) and name not in collections:
             removed = len(store.ids(name))
             store.drop(name)

@@ -29,7 +29,7 @@ def evaluation_prompts(params: PrepareParams) -> list[str]:
     if params.sources.prompts is None or not path.is_file():
         raise UserError(
             f"{path}: no evaluation prompts; set prepare.sources.prompts to a CSV or JSONL file with a "
-            "`prompt` column and run `dvc repro prepare`"
+            "`prompt` column and run `dvc repro prepare-styles`"
         )
     import pandas as pd
 
@@ -43,7 +43,7 @@ def style_names(params: PrepareParams) -> list[str]:
     """The styles with a collection, in sorted order."""
     path = Path(params.out) / "styles.parquet"
     if not path.is_file():
-        raise UserError(f"{path}: no style manifest; run `dvc repro prepare`")
+        raise UserError(f"{path}: no style manifest; run `dvc repro prepare-styles`")
     return sorted(str(s) for s in read_manifest(path)["style"].dropna().unique())
 
 

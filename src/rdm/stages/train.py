@@ -292,17 +292,19 @@ def validation_grid(config: Config, inputs: Inputs, data: RetrievalDataModule) -
 
 
 def open_run(config: Config, checkpoints: Path, resume: bool) -> Any:
-    """The MLflow logger of this training (False when untracked): a resumed training's own run; a new
-    run gets the params, data versions and commit."""
+    """The MLflow logger of this training (False when untracked): a resumed training's own run, or a
+    new one (also when the saved run is gone), which gets the params. Params only go to a new run:
+    MLflow refuses a param logged again with another value, as a resumed run that changed max_steps
+    would. The data versions and commit are tags, set on every run: those the model is trained on."""
     from rdm.tracking import runs
 
     if not config.tracking.enabled:
         return False
-    logger = runs.open_logger(config.tracking, checkpoints, run_name="train-rdm", resume=resume)
-    if not resume:
+    logger, created = runs.open_logger(config.tracking, checkpoints, run_name="train-rdm", resume=resume)
+    if created:
         logger.log_hyperparams(runs.flatten(config.model_dump(mode="json")))
-        for key, value in {**runs.data_versions(), **runs.git_state()}.items():
-            logger.experiment.set_tag(logger.run_id, key, value)
+    for key, value in {**runs.data_versions(), **runs.git_state()}.items():
+        logger.experiment.set_tag(logger.run_id, key, value)
     return logger
 
 
@@ -380,10 +382,13 @@ def _checkpoint_step(path: Path) -> int:
 
 
 def _register(config: Config, logger: Any, out: Path, card: ModelCard) -> dict[str, Any]:
+    """The final grid and the model's registry version on the training's run, which then ends: also
+    when the version already existed (a rerun) and nothing was logged to the run as a model."""
     from rdm.tracking.registry import register_model
 
     run_id = logger.run_id
     logger.experiment.log_artifact(run_id, str(out / "samples.png"), "samples")
     registered = register_model(config.tracking, run_id, out, card)
     logger.experiment.set_tag(run_id, "model_version", registered["version"])
+    logger.experiment.set_terminated(run_id)
     return registered

@@ -18,8 +18,12 @@ from rdm.config import TrackingParams
 
 RUN_FILE = "mlflow_run.json"
 VERSIONED_OUTPUTS = {
-    "data/prepared": "prepared",
-    "data/embeddings": "embeddings",
+    "data/prepared/train.parquet": "prepared.train",
+    "data/prepared/d_train.parquet": "prepared.d_train",
+    "data/prepared/images/train": "prepared.images.train",
+    "data/prepared/images/d_train": "prepared.images.d_train",
+    "data/embeddings/train": "embeddings.train",
+    "data/embeddings/d_train": "embeddings.d_train",
     "data/neighbors": "neighbors",
     "models/clip": "clip",
     "models/autoencoder": "autoencoder",
@@ -76,8 +80,8 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def data_versions(lock_file: Path = Path("dvc.lock")) -> dict[str, str]:
-    """The md5 DVC recorded for each versioned input (`data.<name>.md5`); none for inputs DVC has not
-    recorded (a run outside `dvc repro`)."""
+    """The md5 DVC recorded for each versioned input (`data.<name>.md5`): a folder's ends in `.dir`, a
+    file's is the file's own; none for inputs DVC has not recorded (a run outside `dvc repro`)."""
     if not lock_file.is_file():
         return {}
     stages = (yaml.safe_load(lock_file.read_text()) or {}).get("stages", {})
@@ -118,22 +122,16 @@ def save_run_id(checkpoints: Path, uri: str, run_id: str) -> None:
     (checkpoints / RUN_FILE).write_text(json.dumps({"tracking_uri": uri, "run_id": run_id}) + "\n")
 
 
-def open_logger(params: TrackingParams, checkpoints: Path, run_name: str, resume: bool) -> Any:
-    """Lightning's MLFlowLogger on the training's run: the checkpointed one when resuming (if it still
-    exists), else a new one. Metrics are sent asynchronously, so logging costs the loop nothing."""
+def open_logger(params: TrackingParams, checkpoints: Path, run_name: str, resume: bool) -> tuple[Any, bool]:
+    """Lightning's MLFlowLogger on the training's run, and whether that run is new: the checkpointed
+    one when resuming, if it is still in this store; else a new one (a fresh training, or the saved run
+    deleted or tracked elsewhere), which the caller must give the params. Metrics are sent
+    asynchronously, so logging costs the loop nothing."""
     from lightning.pytorch.loggers import MLFlowLogger
     from lightning.pytorch.utilities import rank_zero_only
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
     uri = tracking_uri(params)
-    run_id = saved_run_id(checkpoints, uri) if resume else None
-    if run_id is not None:
-        client = MlflowClient(uri)
-        try:
-            client.update_run(run_id, status="RUNNING")
-        except MlflowException:
-            run_id = None  # deleted meanwhile: start a new run
+    run_id = _reopened(uri, saved_run_id(checkpoints, uri)) if resume else None
     logger = MLFlowLogger(
         experiment_name=params.experiment,
         run_name=run_name,
@@ -143,7 +141,21 @@ def open_logger(params: TrackingParams, checkpoints: Path, run_name: str, resume
     )
     if getattr(rank_zero_only, "rank", 0) == 0 and logger.run_id:  # other DDP ranks log nothing
         save_run_id(checkpoints, uri, logger.run_id)
-    return logger
+    return logger, run_id is None
+
+
+def _reopened(uri: str, run_id: str | None) -> str | None:
+    """`run_id` marked running again, or None when there is no such active run in the store at `uri`."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    if run_id is None:
+        return None
+    try:
+        MlflowClient(uri).update_run(run_id, status="RUNNING")
+    except MlflowException:  # deleted meanwhile
+        return None
+    return run_id
 
 
 def log_results(
