@@ -1,13 +1,15 @@
 import hashlib
+import io
 import json
 from pathlib import Path
 
+import boto3
 import pandas as pd
 import pytest
 from PIL import Image
 
 from rdm.artifacts.manifest import SIDES, SPLITS, read_manifest
-from rdm.config import Config
+from rdm.config import Config, S3Params
 from rdm.stages import generate, prepare
 
 
@@ -73,23 +75,31 @@ def test_the_styles_side_alone_leaves_the_training_side_untouched(
 
 
 def test_several_style_sources_fill_the_same_collections(
-    tiny_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_endpoint: str
 ) -> None:
+    """A list of sources, a folder and an S3 prefix (moto's server), gathered per style: one more neon
+    image from the bucket, and a style (cubism) that only the bucket has."""
     monkeypatch.chdir(tmp_path)
     generate.run(tiny_config, progress=False)
-    second = tmp_path / "more-styles"
-    (second / "neon").mkdir(parents=True)
+    s3 = S3Params(endpoint_url=s3_endpoint, region="us-east-1")
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket="art")
     extra = sorted((Path(tiny_config.generate.out) / "styles" / "neon").glob("*.png"))[0]
     flipped = Image.open(extra).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    flipped.save(second / "neon" / "flipped.png")
-    (second / "cubism").mkdir()
-    flipped.rotate(90).save(second / "cubism" / "one.png")
-    sources = tiny_config.prepare.sources.model_copy(update={"styles": ["data/raw/styles", str(second)]})
+    for key, image in {"neon/flipped.png": flipped, "cubism/one.png": flipped.rotate(90)}.items():
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        client.put_object(Bucket="art", Key=f"more-styles/{key}", Body=buffer.getvalue())
+    sources = tiny_config.prepare.sources.model_copy(
+        update={"styles": ["data/raw/styles", "s3://art/more-styles"]}
+    )
     params = tiny_config.prepare.model_copy(update={"sources": sources})
-    metrics = prepare.run(params, tiny_config.s3, progress=False)["styles"]
+    metrics = prepare.run(params, s3, progress=False)["styles"]
     per_style = tiny_config.generate.style_images
     assert metrics["collections"]["neon"] == per_style + 1 and metrics["collections"]["cubism"] == 1
     assert metrics["styles"]["seen"] == len(tiny_config.generate.styles) * per_style + 2
+    styles = read_manifest(Path(params.out) / "styles.parquet")
+    assert set(styles.loc[styles["style"] == "cubism", "source"]) == {"s3://art/more-styles/cubism/one.png"}
 
 
 def test_bad_files_in_a_source_are_listed_not_fatal(

@@ -145,13 +145,14 @@ def writer_loop(root: str, n: int, rounds: int) -> None:
 
 
 def reviser_loop(root: str, n: int) -> None:
-    """Revise collection `c` back and forth until killed, printing `<phase> <target>` as it goes."""
+    """Revise collection `c` back and forth until killed, printing `<phase> <target> <monotonic time>`
+    as it goes (the clock is the system's, so the parent can time this process's phases)."""
     with edge(Path(root)) as store:
         while True:
             target = "old" if content_of(store, n) == "new" else "new"
 
             def mark(phase: str, target: str = target) -> None:
-                print(phase, target, flush=True)
+                print(phase, target, time.monotonic(), flush=True)
 
             revise(store, n, target, mark)
 
@@ -224,38 +225,35 @@ def test_a_private_copy_costs_little_and_answers_like_the_published_version(tmp_
     assert copy_latency < 3 * place_latency + 0.5
 
 
-def phase_durations(root: Path, n: int) -> dict[str, float]:
-    """How long each phase of a revision takes here (the shorter of a revision there and one back, so
-    that a moment drawn within it falls in that phase)."""
-    marks: list[tuple[str, float]] = []
-    with edge(root) as store:
-        for target in ("new", "old"):
-            revise(store, n, target, mark=lambda phase: marks.append((phase, time.perf_counter())))
-    durations: dict[str, float] = {}
-    for (phase, start), (_, end) in itertools.pairwise(marks):
-        durations[phase] = min(durations.get(phase, end - start), end - start)
-    return durations
+def read_marks(reviser: subprocess.Popen[str], until: Callable[[list[str]], bool]) -> list[list[str]]:
+    """The reviser's marks up to and including the first for which `until` holds."""
+    assert reviser.stdout is not None
+    marks: list[list[str]] = []
+    while not marks or not until(marks[-1]):
+        line = reviser.stdout.readline().split()
+        assert line, f"the reviser died after {marks}"
+        marks.append(line)
+    return marks
 
 
 def test_revisions_killed_at_random_moments_leave_old_or_new(tmp_path: Path) -> None:
+    """Each kill lands at a moment drawn uniformly over one phase (copy, upsert, publish) of a revision,
+    as long as that phase took in the same process's revision before (so the draw spans it all)."""
     n, root = 15_000, tmp_path / "qdrant"
     create(root, n)
-    expected, rng, durations = expected_hits(n), random.Random(0), phase_durations(root, n)
-    print(f"phase durations (s): {durations}")
+    expected, rng = expected_hits(n), random.Random(0)
     hit: Counter[tuple[str, str]] = Counter()
     debris = 0
     for kill in range(20):
         reviser = child("reviser_loop", str(root), n)
-        assert reviser.stdout is not None
-        wanted, marks = PHASES[kill % 3], list[list[str]]()
-        while not marks or marks[-1][0] != wanted:
-            line = reviser.stdout.readline().split()
-            assert line, f"the reviser died before its {wanted} phase"
-            marks.append(line)
-        time.sleep(rng.uniform(0, durations[wanted]))  # a random moment of that phase
+        first = read_marks(reviser, lambda mark: mark[0] == "done")
+        took = {a[0]: float(b[2]) - float(a[2]) for a, b in itertools.pairwise(first)}
+        wanted = PHASES[kill % 3]
+        marks = read_marks(reviser, lambda mark, wanted=wanted: mark[0] == wanted)
+        time.sleep(rng.uniform(0, took[wanted]))
         os.kill(reviser.pid, signal.SIGKILL)
         marks += [line.split() for line in reviser.communicate()[0].splitlines()]
-        phase, target = marks[-1]
+        phase, target = marks[-1][:2]
         with edge(root) as reader:  # a fresh reader: old or new, whole
             content = content_of(reader, n)
             hits = [[h.id for h in row] for row in reader.query("c", queries(), K)]
