@@ -53,12 +53,15 @@ def _rejected_by_style(rejected: Path, styles_sources: list[str]) -> dict[str, i
 
 
 def compare(before: dict[str, str], after: dict[str, str]) -> dict[str, int]:
-    """Counts of one style's images added, changed (same location, new bytes) and removed."""
-    changed = sum(1 for location, image in after.items() if location in before and before[location] != image)
+    """Counts of one style's images added, changed (same location, new bytes) and removed, from
+    {location: image id} before and after. Counted by content: an image whose file only moved (a
+    renamed folder, a source moved elsewhere) is none of these, as it costs the collection nothing."""
+    changed = {location for location, image in after.items() if before.get(location, image) != image}
+    before_ids, after_ids = set(before.values()), set(after.values())
     return {
-        "added": sum(1 for location in after if location not in before),
-        "changed": changed,
-        "removed": sum(1 for location in before if location not in after),
+        "added": len(after_ids - before_ids - {after[location] for location in changed}),
+        "changed": len(changed),
+        "removed": len(before_ids - after_ids - {before[location] for location in changed}),
     }
 
 
