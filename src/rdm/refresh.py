@@ -13,14 +13,14 @@ same source and neither undoes the other (the flow then records the new data ver
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from rdm.artifacts.manifest import read_manifest, read_rejections
+from rdm.artifacts.manifest import manifest_path, read_manifest, read_rejections
 from rdm.config import Config
-from rdm.data.s3 import is_s3_uri
 from rdm.evaluation.split import classifier_share
 from rdm.files import exclusive, write_json
 from rdm.retrieval.store import style_collection
@@ -38,18 +38,12 @@ def _sources_by_style(manifest: Path) -> dict[str, dict[str, str]]:
     }
 
 
-def _rejected_by_style(rejected: Path, styles_sources: list[str]) -> dict[str, int]:
-    # locations as the sources list them: s3://bucket/prefix/..., or the folder's normalised path
-    roots = [(s.rstrip("/") if is_s3_uri(s) else str(Path(s))) + "/" for s in styles_sources]
-    counts: dict[str, int] = {}
-    for row in read_rejections(rejected):
-        source = str(row["source"])
-        root = next((r for r in roots if source.startswith(r)), None)
-        if row.get("split") != "styles" or root is None:
-            continue
-        style = source.removeprefix(root).split("/", 1)[0]
-        counts[style] = counts.get(style, 0) + 1
-    return counts
+def _rejected_by_style(rejected: Path) -> dict[str, int]:
+    """How many images of each style the last ingestion of the styles side rejected."""
+    rows = read_rejections(rejected)
+    return dict(
+        Counter(str(row["style"]) for row in rows if row.get("split") == "styles" and row.get("style"))
+    )
 
 
 def compare(before: dict[str, str], after: dict[str, str]) -> dict[str, int]:
@@ -69,7 +63,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     """Bring every style collection up to date with the styles source; returns the summary that is
     also written to `refresh.metrics`."""
     started = time.perf_counter()
-    manifest = Path(config.prepare.out) / "styles.parquet"
+    manifest = manifest_path(Path(config.prepare.out), "styles")
     with exclusive(Path(config.store.path) / ".locks" / "refresh.lock", "the style collections"):
         before = _sources_by_style(manifest)
         prepare.run_side(config.prepare, config.s3, "styles", progress)
@@ -77,8 +71,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
         clip_dir, prepared = Path(config.clip.out), Path(config.prepare.out)
         embedded = embed.run(config.embed, config.store, clip_dir, prepared, progress, keep_out, ["styles"])
         after = _sources_by_style(manifest)
-        sources = prepare.style_sources(config.prepare)
-        rejected = _rejected_by_style(prepare.rejections_path(config.prepare, "styles"), sources)
+        rejected = _rejected_by_style(prepare.rejections_path(config.prepare, "styles"))
     styles: dict[str, dict[str, int]] = {}
     for style in sorted(set(before) | set(after) | set(rejected)):
         collection = embedded["collections"].get(style_collection(style), {"points": 0})

@@ -136,6 +136,17 @@ def test_style_collections_reject_files_without_a_style(tmp_path: Path) -> None:
     assert [r.reason for r in result.rejections] == ["no_style"]
 
 
+def test_a_rejected_style_image_keeps_its_style(tmp_path: Path) -> None:
+    """What the refresh counts its rejections by: the style the source files an image under."""
+    (tmp_path / "src" / "neon").mkdir(parents=True)
+    (tmp_path / "src" / "neon" / "broken.png").write_bytes(b"not an image at all\n" * 10)
+    (tmp_path / "src" / "loose.png").write_bytes(messy_files()["alpha/good.png"][0])
+    source = open_source(str(tmp_path / "src"))
+    result = ingest(source, "styles", tmp_path / "out", LIMITS, require_style=True, progress=False)
+    styles = {Path(r.source).name: r.as_dict()["style"] for r in result.rejections}
+    assert styles == {"broken.png": "neon", "loose.png": None}
+
+
 def test_rdm_ingest_prints_counts_by_reason(messy_folder: Path, tmp_path: Path, capsys) -> None:
     from tests.support import REPO_ROOT
 

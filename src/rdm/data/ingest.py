@@ -28,6 +28,12 @@ class Rejection:
     split: str
     reason: str
     detail: str
+    style: str | None = None
+    """The style the source files it under, if any: what a refresh counts its rejections by."""
+
+    @classmethod
+    def of(cls, item: SourceItem, split: str, reason: str, detail: str) -> Rejection:
+        return cls(item.location, split, reason, detail, item.style)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,7 +95,7 @@ def ingest(
             disable=not progress,
         ):
             if isinstance(outcome, Record) and outcome.id in seen:
-                outcome = Rejection(item.location, split, DUPLICATE, f"same bytes as {seen[outcome.id]}")
+                outcome = Rejection.of(item, split, DUPLICATE, f"same bytes as {seen[outcome.id]}")
             if isinstance(outcome, Record):
                 seen[outcome.id] = item.location
                 result.records.append(outcome)
@@ -102,17 +108,15 @@ def _process(
     source: Source, item: SourceItem, split: str, out_dir: Path, limits: Limits, require_style: bool
 ) -> Record | Rejection:
     if require_style and not item.style:
-        return Rejection(
-            item.location, split, NO_STYLE, "style collections need a folder (or column) per style"
-        )
+        return Rejection.of(item, split, NO_STYLE, "style collections need a folder (or column) per style")
     try:
         data = source.read(item.location)
     except Exception as exc:  # missing file, permission, S3 error: one bad item never stops the batch
-        return Rejection(item.location, split, UNREADABLE, f"{type(exc).__name__}: {exc}")
+        return Rejection.of(item, split, UNREADABLE, f"{type(exc).__name__}: {exc}")
     try:
         checked = check_image(data, limits)
     except Rejected as exc:
-        return Rejection(item.location, split, exc.reason, exc.detail)
+        return Rejection.of(item, split, exc.reason, exc.detail)
     image_id = sha256(data).hexdigest()
     rel = image_relpath(image_id, checked.suffix, split)
     target = out_dir / rel

@@ -130,15 +130,17 @@ class EdgeStore(VectorStore):
         return self._counts[name]
 
     def info(self, name: str) -> CollectionInfo:
-        if self._is_draft(name):
-            shard, meta = self._draft(name), _read_meta(self.root / name)
-        else:
-            copy = self._copy(name)
-            shard, meta = copy.shard, copy.meta
+        """A published version's count is the one it was sealed with, so asking (as `ensure`, `require`
+        and `rdm collections` do) copies nothing; a draft, or a version an earlier release published
+        unsealed, is counted."""
+        meta = self._meta(name)
+        points = None if self._is_draft(name) else meta.get("points")
+        if points is None:
+            points = self._shard(name).count(CountRequest(exact=True))
         return CollectionInfo(
             name=name,
             backend=self.backend,
-            points=shard.count(CountRequest(exact=True)),
+            points=points,
             dim=meta["dim"],
             clip_model=meta["clip_model"],
             clip_fingerprint=meta["clip_fingerprint"],
