@@ -135,6 +135,12 @@ class ClipParams(Section):
     """An open_clip model name (`ViT-B-32`, `ViT-L-14`, ...) or the built-in demo size `rdm-tiny`."""
     pretrained: str | None = None
     """A pretrained tag (`laion2b_s34b_b79k`, `openai`) or a local weights file; null trains one."""
+    resize: Literal["crop", "squash"] = "crop"
+    """How images become the CLIP's square input, recorded in the CLIP folder so every stage embedding
+    with it does the same. `crop`: shortest side to the input side (bicubic), centre crop, as open_clip.
+    `squash`: the whole image to the input side, aspect ratio not kept (bicubic, align_corners, no
+    antialiasing, rounded to uint8), as CompVis' released retrieval databases were embedded (knn2img,
+    with ViT-L-14-quickgelu and OpenAI weights): use it to make collections comparable with those."""
     out: str = "models/clip"
     metrics: str = "reports/clip.json"
     holdout_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1

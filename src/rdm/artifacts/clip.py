@@ -1,8 +1,9 @@
 """The CLIP folder the `clip` stage writes: an open_clip "local-dir" folder (`open_clip_config.json`
 plus `open_clip_model.safetensors`), loadable by any open_clip user, and its card (`rdm_clip.json`).
 
-The card names the model, where its weights came from and a fingerprint of them: embeddings,
-collections, neighbours and trained models record it, so vectors of two different CLIPs are never mixed.
+The card names the model, where its weights came from, how images are resized to its input, and a
+fingerprint of the vectors it makes: embeddings, collections, neighbours and trained models record it,
+so vectors of two different CLIPs (or of one CLIP fed differently resized images) are never mixed.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from rdm.errors import UserError
 CARD = "rdm_clip.json"
 WEIGHTS = "open_clip_model.safetensors"
 CONFIG = "open_clip_config.json"
+RESIZE_MODES = ("crop", "squash")
+"""`rdm.embedding.encode.to_uint8`'s ways of making an image the square input of the CLIP."""
 
 
 class ClipError(UserError):
@@ -31,19 +34,42 @@ class ClipCard:
     """`trained` or the pretrained tag / file the weights came from."""
     embed_dim: int
     fingerprint: str
-    """sha256 (first 16 hex digits) of the saved weights."""
+    """sha256 (first 16 hex digits) of the saved weights and, unless `crop`, the resize mode."""
+    resize: str = "crop"
+    """How every stage resizes images for this CLIP (`clip.resize`); cards written before the
+    setting existed were made with `crop`."""
 
 
-def write_card(folder: Path, model: str, source: str, embed_dim: int) -> ClipCard:
+def write_card(folder: Path, model: str, source: str, embed_dim: int, resize: str = "crop") -> ClipCard:
     """The card of the weights already saved in `folder`, fingerprinted and written beside them."""
-    digest = hashlib.sha256((folder / WEIGHTS).read_bytes()).hexdigest()[:16]
-    card = ClipCard(model=model, source=source, embed_dim=embed_dim, fingerprint=digest)
+    check_resize(resize, str(folder / CARD))
+    card = ClipCard(model, source, embed_dim, fingerprint(folder / WEIGHTS, resize), resize)
     (folder / CARD).write_text(json.dumps(asdict(card), indent=2) + "\n")
     return card
+
+
+def fingerprint(weights: Path, resize: str) -> str:
+    """What tells this CLIP's vectors apart: the weights, and the resize mode, since the same weights
+    fed squashed instead of cropped images make other vectors. `crop` adds nothing, so folders
+    written before the mode existed keep their fingerprint (and their embeddings stay valid)."""
+    digest = hashlib.sha256(weights.read_bytes())
+    if resize != "crop":
+        digest.update(f"\nresize={resize}".encode())
+    return digest.hexdigest()[:16]
 
 
 def read_card(folder: Path) -> ClipCard:
     path = folder / CARD
     if not path.is_file():
         raise ClipError(f"{folder}: no CLIP model here; run `dvc repro clip` (or `rdm clip`) first")
-    return ClipCard(**json.loads(path.read_text()))
+    card = ClipCard(**json.loads(path.read_text()))
+    check_resize(card.resize, str(path))
+    return card
+
+
+def check_resize(resize: str, where: str) -> None:
+    if resize not in RESIZE_MODES:
+        raise ClipError(
+            f"{where}: clip.resize {resize!r} is not one of {', '.join(RESIZE_MODES)}; "
+            "set clip.resize in params.yaml and run `dvc repro clip` (or `rdm clip`) again"
+        )

@@ -5,6 +5,9 @@
     scheduler/   the training noise schedule (scheduler_config.json)
     rdm.json     the card: context size, latent shape, the CLIP it was trained with, data versions
 
+A model imported from a CompVis checkpoint (`rdm import ldm`) is the same folder, its `vae/` a VQModel
+where the checkpoint's first stage is vector-quantised.
+
 No pickled objects: everything loads from configs and safetensors, in any process with this package
 (`rdm.models.pipeline.load_pipeline`).
 """
@@ -45,6 +48,11 @@ class ModelCard:
     """DVC hashes of the data it was trained on, and the git commit."""
     run_id: str | None = None
     """The MLflow run that trained it (evaluations are logged there too); None when untracked."""
+    context_vectors: str = "unit"
+    """`unit`: context vectors L2-normalised (knn2img's models, ours); `raw`: CLIP's vectors as they
+    come, text and image alike (the RDM repo's ImageNet model)."""
+    source: str | None = None
+    """For an imported model, the checkpoint it came from: `<file name> sha256:<digest>`."""
 
 
 def save_model(folder: Path, unet: Any, vae: Any, noise_schedule: Any, card: ModelCard) -> None:

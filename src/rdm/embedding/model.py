@@ -23,7 +23,10 @@ BUILTIN_CONFIGS = Path(__file__).parent
 
 @dataclass
 class Clip:
-    """A CLIP model ready to encode: model in eval mode, its image transform and tokenizer."""
+    """A CLIP model ready to encode: model in eval mode, its image transform and tokenizer.
+
+    `preprocess` is open_clip's transform (a centre crop); images for this pipeline's vectors go
+    through `rdm.embedding.encode.to_uint8` with `card.resize` and then `normalize` instead."""
 
     model: Any
     preprocess: Any
@@ -121,8 +124,9 @@ def create(name: str, pretrained: str | None = None) -> tuple[Any, Any]:
     return model, preprocess
 
 
-def save(model: Any, name: str, source: str, out: Path) -> ClipCard:
-    """Write `model` as an open_clip local-dir folder plus the card; returns the card."""
+def save(model: Any, name: str, source: str, out: Path, resize: str = "crop") -> ClipCard:
+    """Write `model` as an open_clip local-dir folder plus the card, which records how images are
+    resized for it (`clip.resize`); returns the card."""
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
@@ -133,10 +137,12 @@ def save(model: Any, name: str, source: str, out: Path) -> ClipCard:
         "mean": list(getattr(visual, "image_mean", None) or _clip_mean()),
         "std": list(getattr(visual, "image_std", None) or _clip_std()),
     }
+    if resize == "squash":  # open_clip's nearest mode (it antialiases), for users of the folder outside rdm
+        preprocess_cfg["resize_mode"] = "squash"
     (out / CONFIG).write_text(json.dumps({"model_cfg": config, "preprocess_cfg": preprocess_cfg}, indent=2))
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(out / WEIGHTS))
-    return write_card(out, name, source, int(config["embed_dim"]))
+    return write_card(out, name, source, int(config["embed_dim"]), resize)
 
 
 def load(folder: Path, device: str = "auto") -> Clip:

@@ -4,6 +4,7 @@ noise schedule's config, loaded from a model folder (`rdm.artifacts.model`) or a
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -77,7 +78,7 @@ def load_pipeline(folder: Path, device: str = "auto", checkpoint: Path | None = 
     With `checkpoint`, a Lightning checkpoint of the same training (`models/checkpoints/*.ckpt`)
     supplies the UNet's weights instead: its EMA weights at that step, with the folder's autoencoder.
     """
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler, UNet2DConditionModel
 
     card = read_card(folder)
     torch_device = resolve_device(device)
@@ -85,9 +86,20 @@ def load_pipeline(folder: Path, device: str = "auto", checkpoint: Path | None = 
     if checkpoint is not None:
         unet, card = _checkpoint_weights(unet, card, checkpoint)
     unet = unet.to(torch_device).eval()
-    vae = AutoencoderKL.from_pretrained(folder / VAE, low_cpu_mem_usage=False).to(torch_device).eval()
+    vae = _autoencoder_class(folder / VAE).from_pretrained(folder / VAE, low_cpu_mem_usage=False)
+    vae = vae.to(torch_device).eval()
     noise_schedule = DDPMScheduler.from_pretrained(folder / NOISE_SCHEDULE)
     return RdmPipeline(unet=unet, vae=vae, noise_schedule_config=noise_schedule.config, card=card)
+
+
+def _autoencoder_class(folder: Path) -> Any:
+    """AutoencoderKL, or VQModel for a model imported with a vector-quantised first stage."""
+    from diffusers import AutoencoderKL, VQModel
+
+    config = folder / "config.json"
+    if not config.is_file():
+        raise ModelError(f"{folder}: no config.json; the model folder is incomplete")
+    return VQModel if json.loads(config.read_text()).get("_class_name") == "VQModel" else AutoencoderKL
 
 
 def _checkpoint_weights(unet: Any, card: ModelCard, checkpoint: Path) -> tuple[Any, ModelCard]:

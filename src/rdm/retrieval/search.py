@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from rdm.embedding.encode import to_uint8
 from rdm.embedding.model import Clip
 from rdm.errors import UserError
 from rdm.retrieval.store import Hit, VectorStore
@@ -47,11 +48,13 @@ class Retriever:
         return self.clip.encode_text(list(texts)).cpu().numpy()
 
     def embed_images(self, images: Sequence[Image.Image | Path]) -> np.ndarray:
-        """(B,) images or image files -> (B, D) L2-normalised CLIP image vectors."""
+        """(B,) images or image files -> (B, D) L2-normalised CLIP image vectors, the images made
+        square as the collections' were (the CLIP folder's `resize`), not by open_clip's transform."""
         import torch
 
-        pixels = torch.stack([self.clip.preprocess(_rgb(image)) for image in images])
-        return self.clip.encode_images(pixels).cpu().numpy()
+        size, resize = self.clip.image_size, self.clip.card.resize
+        batch = torch.stack([to_uint8(_rgb(image), size, resize) for image in images])
+        return self.clip.encode_images(self.clip.normalize(batch)).cpu().numpy()
 
 
 def _rgb(image: Image.Image | Path) -> Image.Image:

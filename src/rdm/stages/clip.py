@@ -45,7 +45,7 @@ def run(
     manifest = read_manifest(prepared / "train.parquet")
     train_rows, holdout_rows = holdout_split(manifest, params.holdout_fraction, params.seed)
     model, report = clip_weights(params, train_rows, prepared, progress)
-    card = clip_model.save(model.cpu(), params.model, report["source"], Path(params.out))
+    card = clip_model.save(model.cpu(), params.model, report["source"], Path(params.out), params.resize)
 
     clip = clip_model.load(Path(params.out), params.device)
     image_vectors = np.concatenate(
@@ -60,11 +60,11 @@ def run(
         list(holdout_rows["style"]),
         style_text,
     )
-    report |= {"embed_dim": card.embed_dim, "fingerprint": card.fingerprint}
+    report |= {"embed_dim": card.embed_dim, "fingerprint": card.fingerprint, "resize": card.resize}
     write_json(Path(params.metrics), report)
     shown = {k: v for k, v in report.items() if "top" in k}
     print(
-        f"clip: {card.model} ({card.source}), {card.embed_dim}-d, saved to {params.out}/ "
+        f"clip: {card.model} ({card.source}), {card.embed_dim}-d, {card.resize}, saved to {params.out}/ "
         f"in {time.perf_counter() - started:.0f} s; held-out text->image: {shown}"
     )
     return report
@@ -83,7 +83,8 @@ def clip_weights(
     report: dict[str, Any] = {"model": params.model, "source": params.pretrained or "trained"}
     if params.pretrained is None:
         device = resolve_device(params.device)
-        images = load_images([prepared / p for p in train_rows["path"]], clip_model.image_size(model))
+        paths = [prepared / p for p in train_rows["path"]]
+        images = load_images(paths, clip_model.image_size(model), resize=params.resize)
         tokenizer = _tokenizer(params.model)
         history = train_clip(model, tokenizer, images, list(train_rows["caption"]), params, device, progress)
         report |= {
