@@ -22,8 +22,12 @@ $(STAMP): pyproject.toml requirements.lock
 	@touch $@
 
 # The test and lint tools (pytest, moto's server, ruff, mypy, import-linter) on top: the demo does without them.
+# CompVis' ldm code, the reference `rdm import ldm` is tested against, comes as stable-diffusion-sdkit,
+# whose metadata pins 2022 releases (pytorch-lightning 1.4, open-clip 2.0) it does not need for the
+# model classes: it goes in without them, its real imports (einops, omegaconf) come with the dev extra.
 $(DEV_STAMP): $(STAMP)
 	$(VENV)/bin/python -m pip install --quiet --no-compile -c requirements.lock -e '.[dev]'
+	$(VENV)/bin/python -m pip install --quiet --no-compile --no-deps stable-diffusion-sdkit==2.1.5
 	@touch $@
 
 demo: install  ## run the pipeline on the built-in demo data (dvc repro), then print the style table

@@ -91,7 +91,9 @@ def rdm_config(
     }
 
 
-def imagenet_config(model_channels: int = 192, context_dim: int = 512, latent_size: int = 64) -> dict[str, Any]:
+def imagenet_config(
+    model_channels: int = 192, context_dim: int = 512, latent_size: int = 64
+) -> dict[str, Any]:
     """The RDM repo's ImageNet model (configs/rdm/imagenet.yaml); the defaults are its real sizes."""
     config = rdm_config(model_channels, 32, context_dim, latent_size)
     params = config["model"]["params"]
@@ -134,9 +136,13 @@ def write_config(config: dict[str, Any], path: Path) -> Path:
 def reference_unet(config: dict[str, Any]) -> torch.nn.Module:
     """LDM's UNetModel of the config, every weight random (LDM zero-initialises its output layers, which
     would hide a misplaced weight)."""
+    return _randomised(reference_unet_uninitialised(config))
+
+
+def reference_unet_uninitialised(config: dict[str, Any]) -> torch.nn.Module:
     from ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-    return _randomised(UNetModel(**config["model"]["params"]["unet_config"]["params"]))
+    return UNetModel(**config["model"]["params"]["unet_config"]["params"])
 
 
 def reference_first_stage(config: dict[str, Any]) -> torch.nn.Module:
@@ -168,7 +174,9 @@ class ReferenceVQ(torch.nn.Module):
     def decode(self, h: torch.Tensor) -> torch.Tensor:
         flat = h.permute(0, 2, 3, 1).reshape(-1, h.shape[1])  # (B*h*w, C)
         codes = torch.cdist(flat, self.quantize.embedding.weight).argmin(1)
-        quant = self.quantize.embedding(codes).view(h.shape[0], h.shape[2], h.shape[3], -1).permute(0, 3, 1, 2)
+        quant = (
+            self.quantize.embedding(codes).view(h.shape[0], h.shape[2], h.shape[3], -1).permute(0, 3, 1, 2)
+        )
         return self.decoder(self.post_quant_conv(quant))
 
 
@@ -197,7 +205,9 @@ def write_checkpoint(
     state |= {f"first_stage_model.{k}": v for k, v in first_stage.state_dict().items()}
     betas = torch.linspace(0.0015**0.5, 0.015**0.5, 1000, dtype=torch.float64) ** 2
     state |= {"betas": betas.float(), "alphas_cumprod": torch.cumprod(1 - betas, 0).float()}
-    state["unconditional_guidance_vex"] = torch.randn(unet.context_dim if hasattr(unet, "context_dim") else 768)
+    state["unconditional_guidance_vex"] = torch.randn(
+        unet.context_dim if hasattr(unet, "context_dim") else 768
+    )
     torch.save({"state_dict": state, "global_step": 123, "epoch": 1}, path)
     return path
 

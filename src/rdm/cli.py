@@ -297,6 +297,40 @@ def _import_collections(config: Config, args: argparse.Namespace) -> None:
         print(f"{args.name}: no .npz databases found")
 
 
+def _import(config: Config, args: argparse.Namespace) -> None:
+    """A CompVis latent-diffusion RDM checkpoint into a model folder (and the registry, with --register)."""
+    from rdm.artifacts.clip import read_card
+    from rdm.models.ldm_import import import_ldm
+
+    clip = read_card(Path(args.clip or config.clip.out))
+    run_id = None
+    if args.register:
+        from rdm.tracking.runs import log_import
+
+        logged = {"checkpoint": str(args.checkpoint), "config": str(args.config), "clip": clip.fingerprint}
+        run_id = log_import(config.tracking, f"import {args.checkpoint.name}", logged)
+    imported = import_ldm(args.checkpoint, args.config, args.out, clip, run_id=run_id)
+    card = imported.card
+    weights = "EMA" if imported.ema else "raw (the checkpoint has no EMA)"
+    print(
+        f"imported {card.source} into {args.out}/: UNet {imported.unet_parameters / 1e6:.1f}M parameters "
+        f"({weights} weights), {imported.first_stage.upper()} first stage, latents {card.latent_shape}, "
+        f"{card.image_size}x{card.image_size} images, {card.context_dim}-d {card.context_vectors} contexts "
+        f"of CLIP {card.clip_model} [{card.clip_fingerprint}]"
+    )
+    if args.register:
+        from rdm.tracking.registry import register_model
+
+        tracking = config.tracking.model_copy(update={"registered_model": args.register})
+        entry = register_model(tracking, str(run_id), args.out, card)
+        print(
+            f"registered {entry['model_uri']} (run {entry['run_id']}); "
+            f"sample: rdm sample --model {entry['model_uri']}"
+        )
+    else:
+        print(f"sample: rdm sample --model {args.out} --prompt ... --style ...")
+
+
 def _search(config: Config, args: argparse.Namespace) -> None:
     from rdm.embedding.model import load
     from rdm.retrieval.backends import open_store
@@ -371,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_parser(verbs)
     _add_collections_parser(verbs)
     _add_search_parser(verbs)
+    _add_import_parser(verbs)
     _add_ingest_parser(verbs)
     _add_config_parser(verbs)
     return parser
@@ -497,6 +532,20 @@ def _add_search_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser
     sea.add_argument("--collection", required=True, help="e.g. d_train or style-neon (see `rdm collections`)")
     sea.add_argument("-k", type=int, default=19, help="how many neighbours (default 19, as in the paper)")
     sea.set_defaults(func=_search)
+
+
+def _add_import_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    imp = verbs.add_parser("import", help="bring a model made elsewhere into the pipeline")
+    kinds = imp.add_subparsers(dest="kind", required=True, metavar="KIND")
+    ldm = kinds.add_parser(
+        "ldm", help="a CompVis latent-diffusion RDM checkpoint (knn2img's, the RDM repo's)"
+    )
+    ldm.add_argument("checkpoint", type=Path, help="the .ckpt (e.g. models/rdm/rdm768x768/model.ckpt)")
+    ldm.add_argument("--config", type=Path, required=True, help="its LDM config (e.g. 768x768.yaml)")
+    ldm.add_argument("--out", type=Path, required=True, help="the model folder to write")
+    ldm.add_argument("--clip", help="the CLIP folder its contexts come from (default clip.out)")
+    ldm.add_argument("--register", metavar="NAME", help="also register it in MLflow as NAME")
+    ldm.set_defaults(func=_import)
 
 
 def _add_ingest_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

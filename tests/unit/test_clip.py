@@ -87,3 +87,34 @@ def test_fast_preprocessing_matches_open_clip(size: tuple[int, int]) -> None:
     image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
     ours = clip_model.normalize_images(to_uint8(image, 64)[None], model, torch.device("cpu"))[0]
     torch.testing.assert_close(ours, preprocess(image), atol=1e-5, rtol=0)
+
+
+def test_the_stage_records_clip_resize_in_the_folder(
+    tiny_config: Config, prepared: Path, tmp_path: Path
+) -> None:
+    torch.manual_seed(7)
+    source, _ = clip_model.create("rdm-tiny")
+    weights = tmp_path / "my-clip.pt"
+    torch.save(source.state_dict(), weights)
+    params = tiny_config.clip.model_copy(update={"pretrained": str(weights), "resize": "squash"})
+    report = clip.run(params, prepared, tiny_config.sample.style_text, progress=False)
+    card = clip_model.load(Path(params.out), "cpu").card
+    assert report["resize"] == card.resize == "squash" and report["fingerprint"] == card.fingerprint
+
+
+def test_training_sees_images_resized_the_folders_way(
+    tiny_config: Config, prepared: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rdm.embedding import encode
+
+    seen: list[str] = []
+
+    def spy(paths: list[Path], size: int, workers: int = 0, resize: str = "crop") -> torch.Tensor:
+        seen.append(resize)
+        return load_images(paths, size, workers, resize)
+
+    monkeypatch.setattr(encode, "load_images", spy)
+    params = tiny_config.clip.model_copy(update={"resize": "squash", "epochs": 1})
+    rows = read_manifest(prepared / "train.parquet")
+    clip.clip_weights(params, rows[rows["caption"].notna()], prepared, progress=False)
+    assert seen == ["squash"]

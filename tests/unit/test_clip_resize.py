@@ -51,7 +51,9 @@ def weights_file(small_quickgelu: str, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.fixture(scope="module")
-def folders(small_quickgelu: str, weights_file: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def folders(
+    small_quickgelu: str, weights_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
     """The same weights, loaded from the local file, saved as one CLIP folder per resize mode."""
     model, _ = clip_model.create(small_quickgelu, pretrained=str(weights_file))
     root = tmp_path_factory.mktemp("clips")
@@ -161,7 +163,9 @@ def test_crop_queries_match_open_clips_own_transform(folders: dict[str, Path]) -
     clip = clip_model.load(folders["crop"], "cpu")
     images = [noise(300, 200, 1), noise(97, 311, 2), noise(224, 224, 3)]
     before = clip.encode_images(torch.stack([clip.preprocess(i) for i in images])).cpu().numpy()
-    np.testing.assert_allclose(Retriever(cast(VectorStore, None), clip).embed_images(images), before, atol=1e-5)
+    np.testing.assert_allclose(
+        Retriever(cast(VectorStore, None), clip).embed_images(images), before, atol=1e-5
+    )
 
 
 def test_collections_and_queries_agree(folders: dict[str, Path], tmp_path: Path) -> None:

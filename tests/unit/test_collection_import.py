@@ -113,3 +113,25 @@ def test_the_cli_imports_with_the_clip_folder_named(
     )
     assert main(["--params", str(params), "collections"]) == 0
     assert "style-art_nouveau" in capsys.readouterr().out
+
+
+def test_a_database_saved_in_parts_is_one_collection_that_keeps_raw_lengths(
+    store: EdgeStore, tmp_path: Path
+) -> None:
+    """The RDMs' builder saves `<rows>x<dim>-part_<i>.npz` in the database's folder (the released
+    `artbench-surrealism/`); the parts are one database, and each row's raw length is kept."""
+    rng = np.random.default_rng(1)
+    first, second = rng.normal(size=(12, DIM)) * 4, rng.normal(size=(8, DIM)) * 4
+    archive = tmp_path / "artbench_databases.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr(
+            f"artbench-surrealism/12x{DIM}-part_1.npz", npz_bytes(embedding=first, img_id=np.arange(12))
+        )
+        zipped.writestr(
+            f"artbench-surrealism/8x{DIM}-part_2.npz", npz_bytes(embedding=second, img_id=np.arange(12, 20))
+        )
+    assert import_databases(store, archive, CARD, "style-") == {"style-artbench-surrealism": 20}
+    query = (second[3] / np.linalg.norm(second[3])).astype(np.float32)
+    (hits,) = store.query("style-artbench-surrealism", query[None], 1)
+    assert hits[0].payload["img_id"] == "15" and hits[0].payload["style"] == "artbench-surrealism"
+    assert hits[0].payload["norm"] == pytest.approx(float(np.linalg.norm(second[3])), rel=1e-5)

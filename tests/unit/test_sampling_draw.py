@@ -45,8 +45,12 @@ class FakeRetriever:
         self.images = {name: unit(rng.normal(size=(6, D))) for name in COLLECTIONS}
         self.store = FakeStore()
 
-    def embed_texts(self, texts: list[str]) -> np.ndarray:
-        return unit(np.stack([np.random.default_rng(zlib.crc32(t.encode())).normal(size=D) for t in texts]))
+    def embed_texts(self, texts: list[str], normalize: bool = True) -> np.ndarray:
+        """Unit vectors, or as a CLIP makes them: of length 7."""
+        vectors = unit(
+            np.stack([np.random.default_rng(zlib.crc32(t.encode())).normal(size=D) for t in texts])
+        )
+        return vectors if normalize else 7 * vectors
 
     def by_vectors(self, vectors: np.ndarray, collection: str, k: int, with_vectors: bool = False) -> list:
         self.store.require(collection)
@@ -55,7 +59,7 @@ class FakeRetriever:
         style = collection.removeprefix("style-") if collection.startswith("style-") else None
         return [
             [
-                Hit(f"{collection}/{j}", float(row[j]), {"style": style}, images[j])
+                Hit(f"{collection}/{j}", float(row[j]), {"style": style, "norm": 2.0 + j}, images[j])
                 for j in np.argsort(-row)[:k]
             ]
             for row in sims
@@ -159,3 +163,29 @@ def test_pseudo_queries_retrieve_by_their_d_train_vectors(tmp_path: Path) -> Non
     assert write_grids(records, tmp_path, max_rows=2)[0].name == "grid-unconditional.png"
     with pytest.raises(UserError, match="pseudo-queries need the D_train embeddings"):
         sampler().draw(requests, tmp_path / "refused", progress=False)
+
+
+def test_a_raw_context_model_gets_each_tokens_own_length() -> None:
+    """The RDM repo's models read CLIP's vectors as they come: the query as embedded (length 7 here),
+    each neighbour at the length its collection recorded (2 + its index here)."""
+    raw = ContextBuilder(FakeRetriever(), K, raw=True)
+    found = raw.for_texts(["a red star", "a blue circle"], "style-neon")
+    lengths = found.context.norm(dim=-1)  # (B, 1 + K)
+    assert torch.allclose(lengths[:, 0], torch.full((2,), 7.0))
+    expected = torch.tensor([[float(hit.payload["norm"]) for hit in row] for row in found.hits])
+    assert torch.allclose(lengths[:, 1:], expected)
+    unit_found = ContextBuilder(FakeRetriever(), K).for_texts(["a red star", "a blue circle"], "style-neon")
+    assert torch.allclose(unit_found.context.norm(dim=-1), torch.ones(2, 1 + K))
+    directions = torch.nn.functional.normalize(found.context, dim=-1)
+    assert torch.allclose(directions, unit_found.context, atol=1e-6)  # the same tokens, only longer
+
+
+def test_a_raw_context_model_refuses_a_collection_without_raw_lengths() -> None:
+    retriever = FakeRetriever()
+    plain = retriever.by_vectors
+    retriever.by_vectors = lambda *args, **kwargs: [  # type: ignore[method-assign]
+        [Hit(h.id, h.score, {"style": h.payload["style"]}, h.vector) for h in row]
+        for row in plain(*args, **kwargs)
+    ]
+    with pytest.raises(UserError, match=r"raw CLIP vectors.*no raw length.*rdm collections import"):
+        ContextBuilder(retriever, K, raw=True).for_texts(["a red star"], "style-neon")

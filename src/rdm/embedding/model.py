@@ -34,13 +34,14 @@ class Clip:
     card: ClipCard
     device: torch.device
 
-    def encode_text(self, texts: list[str]) -> torch.Tensor:
-        """(B,) strings -> (B, D) L2-normalised float32 embeddings."""
+    def encode_text(self, texts: list[str], normalize: bool = True) -> torch.Tensor:
+        """(B,) strings -> (B, D) float32 embeddings, L2-normalised unless `normalize` is False (the
+        raw vectors the ImageNet RDM was trained on)."""
         import torch
 
         with torch.inference_mode(), _autocast(self.device):
             tokens = self.tokenizer(texts).to(self.device)
-            return self.model.encode_text(tokens, normalize=True).float()
+            return self.model.encode_text(tokens, normalize=normalize).float()
 
     @property
     def image_size(self) -> int:
@@ -49,12 +50,13 @@ class Clip:
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return normalize_images(images, self.model, self.device)
 
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) preprocessed images -> (B, D) L2-normalised float32 embeddings."""
+    def encode_images(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """(B, 3, H, W) preprocessed images -> (B, D) float32 embeddings, L2-normalised unless
+        `normalize` is False."""
         import torch
 
         with torch.inference_mode(), _autocast(self.device):
-            return self.model.encode_image(pixels.to(self.device), normalize=True).float()
+            return self.model.encode_image(pixels.to(self.device), normalize=normalize).float()
 
 
 def image_size(model: Any) -> int:

@@ -19,7 +19,7 @@ import yaml
 from rdm.artifacts.model import ModelError
 
 UNET_TARGET = "ldm.modules.diffusionmodules.openaimodel.UNetModel"
-FIRST_STAGES = {
+FIRST_STAGES: dict[str, Literal["kl", "vq"]] = {
     "ldm.models.autoencoder.AutoencoderKL": "kl",
     "ldm.models.autoencoder.VQModelInterface": "vq",
     "ldm.models.autoencoder.VQModel": "vq",
@@ -94,7 +94,9 @@ def unet_config(params: dict[str, Any], where: str) -> dict[str, Any]:
     """UNet2DConditionModel's config for LDM UNetModel `params`."""
     for name, supported in {"resblock_updown": False, "use_new_attention_order": False}.items():
         if params.get(name, supported) != supported:
-            raise ModelError(f"{where}.{name}: {params[name]} has no diffusers UNet2DConditionModel equivalent")
+            raise ModelError(
+                f"{where}.{name}: {params[name]} has no diffusers UNet2DConditionModel equivalent"
+            )
     if not params.get("use_spatial_transformer") or params.get("context_dim") is None:
         raise ModelError(f"{where}: not a cross-attention UNet (use_spatial_transformer and context_dim)")
     if params.get("num_classes") is not None:
@@ -132,7 +134,9 @@ def heads(channels: int, params: dict[str, Any], where: str) -> int:
             raise ModelError(f"{where}: neither num_head_channels nor num_heads is set")
         return count
     if channels % per_head:
-        raise ModelError(f"{where}.num_head_channels: {per_head} does not divide a level's {channels} channels")
+        raise ModelError(
+            f"{where}.num_head_channels: {per_head} does not divide a level's {channels} channels"
+        )
     return channels // per_head
 
 
@@ -141,9 +145,12 @@ def first_stage_config(params: dict[str, Any], kind: str, image_size: int, where
     dd = params["ddconfig"]
     levels = len(dd["ch_mult"])
     attention = _attention_levels(dd)
-    down = ["AttnDownEncoderBlock2D" if level in attention else "DownEncoderBlock2D" for level in range(levels)]
+    down = [
+        "AttnDownEncoderBlock2D" if level in attention else "DownEncoderBlock2D" for level in range(levels)
+    ]
     up = [
-        "AttnUpDecoderBlock2D" if level in attention else "UpDecoderBlock2D" for level in reversed(range(levels))
+        "AttnUpDecoderBlock2D" if level in attention else "UpDecoderBlock2D"
+        for level in reversed(range(levels))
     ]
     config: dict[str, Any] = {
         "in_channels": int(dd["in_channels"]),

@@ -22,7 +22,7 @@ from rdm.models.ldm_config import LdmSpec, read_ldm_config
 from rdm.models.ldm_weights import first_stage_weights, load_checkpoint, unet_weights
 
 RAW_CONTEXT = "retro_only"
-"""The RDM repo's conditioning: raw CLIP vectors, never normalised (knn2img's `crossattn` models get unit ones)."""
+"""The RDM repo's conditioning: raw CLIP vectors, never normalised (knn2img's `crossattn`: unit ones)."""
 
 
 @dataclass(frozen=True)
@@ -34,9 +34,16 @@ class Imported:
     first_stage: str
 
 
-def import_ldm(checkpoint: Path, config: Path, out: Path, clip: ClipCard, progress: bool = True) -> Imported:
+def import_ldm(
+    checkpoint: Path,
+    config: Path,
+    out: Path,
+    clip: ClipCard,
+    run_id: str | None = None,
+    progress: bool = True,
+) -> Imported:
     """Convert `checkpoint` (with its LDM `config`) into the model folder `out`; its contexts are to come
-    from `clip`, whose vectors must have the model's context size."""
+    from `clip`, whose vectors must have the model's context size. `run_id`: the MLflow run the card names."""
     spec = read_ldm_config(config)
     if clip.embed_dim != spec.context_dim:
         raise ModelError(
@@ -64,6 +71,7 @@ def import_ldm(checkpoint: Path, config: Path, out: Path, clip: ClipCard, progre
         clip_fingerprint=clip.fingerprint,
         steps=step,
         context_vectors="raw" if spec.conditioning == RAW_CONTEXT else "unit",
+        run_id=run_id,
         source=f"{checkpoint.name} sha256:{digest}",
     )
     save_model(out, unet, first_stage, _schedule(spec), card)
@@ -71,7 +79,9 @@ def import_ldm(checkpoint: Path, config: Path, out: Path, clip: ClipCard, progre
     return Imported(card=card, ema=ema, unet_parameters=parameters, first_stage=spec.first_stage)
 
 
-def _with_weights(model_class: Any, config: dict[str, Any], weights: dict[str, torch.Tensor], what: str) -> Any:
+def _with_weights(
+    model_class: Any, config: dict[str, Any], weights: dict[str, torch.Tensor], what: str
+) -> Any:
     """A `model_class` of `config` holding exactly `weights`: one missing, left over or misshapen fails."""
     with torch.device("meta"):
         model = model_class(**config)
@@ -79,7 +89,9 @@ def _with_weights(model_class: Any, config: dict[str, Any], weights: dict[str, t
         model.load_state_dict(weights, strict=True, assign=True)
     except RuntimeError as exc:
         first = str(exc).split("\n\t")[:3]
-        raise ModelError(f"{what} does not match its config ({' '.join(first)}); is it this config's checkpoint?") from None
+        raise ModelError(
+            f"{what} does not match its config ({' '.join(first)}); is it this config's checkpoint?"
+        ) from None
     return model.eval()
 
 
@@ -104,9 +116,12 @@ def _first_stage_class(kind: str) -> Any:
 def file_sha256(path: Path, progress: bool = True) -> str:
     """SHA-256 of a (multi-gigabyte) file, read in 16 MiB blocks."""
     digest = hashlib.sha256()
-    with path.open("rb") as file, tqdm(
-        total=path.stat().st_size, unit="B", unit_scale=True, desc="sha256", disable=not progress
-    ) as bar:
+    with (
+        path.open("rb") as file,
+        tqdm(
+            total=path.stat().st_size, unit="B", unit_scale=True, desc="sha256", disable=not progress
+        ) as bar,
+    ):
         while block := file.read(1 << 24):
             digest.update(block)
             bar.update(len(block))

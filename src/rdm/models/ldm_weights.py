@@ -55,7 +55,9 @@ def _load(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def unet_weights(state: dict[str, torch.Tensor], config: dict[str, Any]) -> tuple[dict[str, torch.Tensor], bool]:
+def unet_weights(
+    state: dict[str, torch.Tensor], config: dict[str, Any]
+) -> tuple[dict[str, torch.Tensor], bool]:
     """The UNet's weights under diffusers' names, and whether they are the EMA ones."""
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
@@ -87,16 +89,22 @@ def first_stage_weights(
     )
 
     levels = len(config["block_out_channels"])
-    part = {k.removeprefix(FIRST_STAGE_PREFIX): v for k, v in state.items() if k.startswith(FIRST_STAGE_PREFIX)}
+    part = {
+        k.removeprefix(FIRST_STAGE_PREFIX): v for k, v in state.items() if k.startswith(FIRST_STAGE_PREFIX)
+    }
     if not part:
         raise ModelError(f"the checkpoint has no {FIRST_STAGE_PREFIX}* weights: no autoencoder to import")
     level_attention = {k for k in part if LEVEL_ATTENTION.match(k)}
-    converted = convert_ldm_vae_checkpoint({k: v for k, v in part.items() if k not in level_attention}, config)
+    converted = convert_ldm_vae_checkpoint(
+        {k: v for k, v in part.items() if k not in level_attention}, config
+    )
     for key in sorted(level_attention):
         match = LEVEL_ATTENTION.match(key)
         assert match is not None
         level = int(match["level"])
-        block = f"down_blocks.{level}" if match["part"] == "encoder.down" else f"up_blocks.{levels - 1 - level}"
+        block = (
+            f"down_blocks.{level}" if match["part"] == "encoder.down" else f"up_blocks.{levels - 1 - level}"
+        )
         new = f"{match['part'].split('.')[0]}.{block}.attentions.{match['index']}."
         update_vae_attentions_ldm_to_diffusers([key], converted, part, {"old": match[0], "new": new})
     if kind == "vq":

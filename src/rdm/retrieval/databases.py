@@ -1,8 +1,10 @@
 """Retrieval databases made elsewhere, brought into collections: `.npz` files in the layout of the
-databases released with CompVis' RDMs (ArtBench, one file per style): `embedding` (N, D) CLIP image
-vectors, `img_id` (N,) and, for patch databases, `patch_coords` (N, 4).
+databases released with CompVis' RDMs: `embedding` (N, D) CLIP image vectors, `img_id` (N,) and, for
+patch databases, `patch_coords` (N, 4). The RDMs' database builder saves a database as parts
+`<rows>x<dim>-part_<i>.npz` in a folder named for it (`artbench-surrealism/`, `openimages/`); any
+other `.npz` is a database of its own, named by its stem.
 
-Each file becomes one collection, `<prefix><file stem>` (with the default prefix `style-`, a style the
+Each database becomes one collection, `<prefix><name>` (with the default prefix `style-`, a style the
 sampler can swap in by name), filled through a revision like every other collection. The vectors must
 come from the CLIP the collection is declared with: a file of another dimension is refused before
 anything is written. Files are read without pickle, so a database can never run code.
@@ -11,8 +13,9 @@ anything is written. Files are read without pickle, so a database can never run 
 from __future__ import annotations
 
 import io
+import re
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,8 @@ from rdm.artifacts.clip import ClipCard
 from rdm.retrieval.store import CollectionError, VectorStore, ids_digest
 
 UPSERT_BATCH = 5000
+PART = re.compile(r"^\d+x\d+-part_\d+$")
+"""The database builder's name for one chunk of a database; the chunks' folder names the database."""
 
 
 @dataclass(frozen=True)
@@ -32,25 +37,37 @@ class Database:
     ids: list[str]
     """One per row: the image id, with the patch coordinates for patch databases."""
     vectors: np.ndarray
-    """(N, D) float32, L2-normalised."""
+    """(N, D) float32, L2-normalised; each row's own length is its payload's `norm` (models conditioned
+    on raw vectors, the RDM repo's, get it back)."""
     payloads: list[dict[str, Any]]
 
 
-def database_files(source: Path) -> Iterator[tuple[str, bytes]]:
-    """(stem, bytes) of every `.npz` in a folder or a `.zip`, sorted by name."""
+def database_files(source: Path) -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
+    """(name, [(where, bytes) of each part]) of every database in a folder or a `.zip`, by name."""
     if source.is_dir():
-        for path in sorted(source.glob("*.npz")):
-            yield path.stem, path.read_bytes()
+        members = sorted(path.relative_to(source).as_posix() for path in source.rglob("*.npz"))
+        yield from _by_database(source, members, lambda member: (source / member).read_bytes())
     elif zipfile.is_zipfile(source):
         with zipfile.ZipFile(source) as archive:
-            for member in sorted(n for n in archive.namelist() if n.endswith(".npz")):
-                yield Path(member).stem, archive.read(member)
+            members = sorted(name for name in archive.namelist() if name.endswith(".npz"))
+            yield from _by_database(source, members, archive.read)
     else:
         raise CollectionError(f"{source}: not a folder of .npz databases nor a .zip of them")
 
 
+def _by_database(
+    source: Path, members: list[str], read: Callable[[str], bytes]
+) -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
+    named: dict[str, list[str]] = {}
+    for member in members:
+        path = Path(member)
+        named.setdefault(path.parent.name if PART.match(path.stem) else path.stem, []).append(member)
+    for name, parts in sorted(named.items()):
+        yield name, [(f"{source}:{member}", read(member)) for member in parts]
+
+
 def read_database(name: str, data: bytes, where: str) -> Database:
-    """One `.npz` database; `where` names it in errors."""
+    """One `.npz` database (or part of one); `where` names it in errors."""
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
@@ -65,16 +82,20 @@ def read_database(name: str, data: bytes, where: str) -> Database:
         raise CollectionError(
             f"{where}: embedding is {vectors.shape}, expected (N, D) for {len(image_ids)} ids"
         )
-    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    norms = np.linalg.norm(vectors, axis=1)  # (N,)
+    vectors /= np.maximum(norms, 1e-12)[:, None]
     coords = arrays.get("patch_coords")
-    payloads = [
-        {"img_id": image_id, "style": name, "split": "imported", "source": where}
-        | ({} if coords is None else {"patch_coords": [int(c) for c in coords[n]]})
-        for n, image_id in enumerate(image_ids)
+    if coords is not None and len(coords) != len(image_ids):
+        raise CollectionError(f"{where}: patch_coords has {len(coords)} rows for {len(image_ids)} ids")
+    patches = [None] * len(image_ids) if coords is None else [[int(c) for c in row] for row in coords]
+    payloads: list[dict[str, Any]] = [
+        {"img_id": image_id, "style": name, "split": "imported", "source": where, "norm": float(norms[n])}
+        | ({} if patch is None else {"patch_coords": patch})
+        for n, (image_id, patch) in enumerate(zip(image_ids, patches, strict=True))
     ]
     ids = [
-        image_id if coords is None else f"{image_id}@{','.join(map(str, p['patch_coords']))}"
-        for image_id, p in zip(image_ids, payloads, strict=True)
+        image_id if patch is None else f"{image_id}@{','.join(map(str, patch))}"
+        for image_id, patch in zip(image_ids, patches, strict=True)
     ]
     if len(set(ids)) != len(ids):
         raise CollectionError(f"{where}: {len(ids) - len(set(ids))} rows repeat an id; refused")
@@ -85,17 +106,34 @@ def import_databases(store: VectorStore, source: Path, card: ClipCard, prefix: s
     """Every database of `source` into collection `<prefix><stem>`, which then holds exactly its rows;
     returns points by collection. A database already imported as is publishes nothing."""
     counts: dict[str, int] = {}
-    for stem, data in database_files(source):
-        database = read_database(stem, data, f"{source}:{stem}.npz")
+    for stem, parts in database_files(source):
+        database = concatenate([read_database(stem, data, where) for where, data in parts])
         if database.vectors.shape[1] != card.embed_dim:
             raise CollectionError(
-                f"{source}:{stem}.npz holds {database.vectors.shape[1]}-d vectors, but CLIP {card.model} "
+                f"{parts[0][0]} holds {database.vectors.shape[1]}-d vectors, but CLIP {card.model} "
                 f"[{card.fingerprint}] makes {card.embed_dim}-d ones; nothing was written. Give the CLIP "
                 "folder the database was made with (`--clip`)"
             )
         name = f"{prefix}{stem}"
         counts[name] = _fill(store, name, database, card)
     return counts
+
+
+def concatenate(parts: list[Database]) -> Database:
+    """The parts of one database as one; an id in two parts is refused."""
+    if len(parts) == 1:
+        return parts[0]
+    ids = [i for part in parts for i in part.ids]
+    if len(set(ids)) != len(ids):
+        raise CollectionError(f"database {parts[0].name}: its parts repeat {len(ids) - len(set(ids))} ids")
+    dims = {part.vectors.shape[1] for part in parts}
+    if len(dims) > 1:
+        raise CollectionError(
+            f"database {parts[0].name}: its parts hold vectors of {sorted(dims)} dimensions"
+        )
+    return Database(
+        parts[0].name, ids, np.concatenate([p.vectors for p in parts]), [r for p in parts for r in p.payloads]
+    )
 
 
 def _fill(store: VectorStore, name: str, database: Database, card: ClipCard) -> int:

@@ -43,18 +43,19 @@ class Retriever:
     ) -> list[list[Hit]]:
         return self.by_vectors(self.embed_images(images), collection, k, with_vectors)
 
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """(B,) texts -> (B, D) L2-normalised CLIP text vectors."""
-        return self.clip.encode_text(list(texts)).cpu().numpy()
+    def embed_texts(self, texts: Sequence[str], normalize: bool = True) -> np.ndarray:
+        """(B,) texts -> (B, D) CLIP text vectors, L2-normalised unless `normalize` is False."""
+        return self.clip.encode_text(list(texts), normalize).cpu().numpy()
 
-    def embed_images(self, images: Sequence[Image.Image | Path]) -> np.ndarray:
-        """(B,) images or image files -> (B, D) L2-normalised CLIP image vectors, the images made
-        square as the collections' were (the CLIP folder's `resize`), not by open_clip's transform."""
+    def embed_images(self, images: Sequence[Image.Image | Path], normalize: bool = True) -> np.ndarray:
+        """(B,) images or image files -> (B, D) CLIP image vectors (L2-normalised unless `normalize`
+        is False), the images made square as the collections' were (the CLIP folder's `resize`), not
+        by open_clip's transform."""
         import torch
 
         size, resize = self.clip.image_size, self.clip.card.resize
         batch = torch.stack([to_uint8(_rgb(image), size, resize) for image in images])
-        return self.clip.encode_images(self.clip.normalize(batch)).cpu().numpy()
+        return self.clip.encode_images(self.clip.normalize(batch), normalize).cpu().numpy()
 
 
 def _rgb(image: Image.Image | Path) -> Image.Image:

@@ -150,17 +150,20 @@ class StylizedSampler:
             raise UserError(f"no collection for style(s) {unknown}; the styles are {known} (rdm collections)")
 
     def _queries(self, kind: str, requests: Sequence[Request]) -> np.ndarray:
-        """(B, D) query vectors of requests of one kind: image files, D_train ids or texts."""
-        retriever = self.contexts.retriever
+        """(B, D) query vectors of requests of one kind: image files, D_train ids or texts; unit
+        vectors, or as CLIP embeds them for a raw-context model."""
+        retriever, unit = self.contexts.retriever, not self.contexts.raw
         if kind == "image":
-            return retriever.embed_images([Path(str(r.image)) for r in requests])
+            return retriever.embed_images([Path(str(r.image)) for r in requests], normalize=unit)
         if kind == "id":
+            if not unit:
+                raise UserError("pseudo-queries are stored as unit vectors; a raw-context model needs texts")
             if self.query_vectors is None:
                 raise UserError(
                     "pseudo-queries need the D_train embeddings; open the sampler with open_sampler"
                 )
             return self.query_vectors([str(r.query_id) for r in requests])
-        return retriever.embed_texts([self.query_text(r) for r in requests])
+        return retriever.embed_texts([self.query_text(r) for r in requests], normalize=unit)
 
     def condition(self, requests: Sequence[Request]) -> tuple[list[torch.Tensor], list[list[Hit]]]:
         """Each request's context (T, D) and neighbours, retrieved a group at a time (one query kind,
@@ -264,5 +267,6 @@ def open_sampler(
         return read_vectors(Path(config.embed.out) / "d_train", clip.card, ids)
 
     with open_store(config.store) as store:
-        builder = ContextBuilder(Retriever(store, clip), k, config.sample.query)
+        raw = model.card.context_vectors == "raw"
+        builder = ContextBuilder(Retriever(store, clip), k, config.sample.query, raw=raw)
         yield StylizedSampler(model, builder, config.sample, model_info, d_train_vectors)

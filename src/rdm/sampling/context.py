@@ -2,6 +2,10 @@
 
 Swapping the collection is the whole of stylization: the same model, query and k, but the neighbour
 tokens now come from one style's images (the paper's database swap; no retraining).
+
+Tokens are unit vectors, except for a model trained on CLIP's raw vectors (the RDM repo's ImageNet
+model, card `context_vectors: raw`): each token then gets back its own length, the query's as embedded
+and each neighbour's as its collection recorded it (`norm`, kept by `rdm collections import`).
 """
 
 from __future__ import annotations
@@ -37,25 +41,32 @@ class ContextBuilder:
     """Turns queries into model contexts by retrieving their k nearest neighbours in a collection.
     `query` (`sample.query`) says which tokens the context holds; a call may override it."""
 
-    def __init__(self, retriever: Retriever, k: int, query: QueryMode = "with_neighbors") -> None:
+    def __init__(
+        self, retriever: Retriever, k: int, query: QueryMode = "with_neighbors", raw: bool = False
+    ) -> None:
         self.retriever = retriever
         self.k = k
         self.query = query
+        self.raw = raw
+        """Tokens keep their raw lengths (a model with `context_vectors: raw`)."""
 
     def for_texts(
         self, texts: Sequence[str], collection: str, query: QueryMode | None = None
     ) -> Conditioning:
-        return self.for_vectors(self.retriever.embed_texts(texts), collection, query)
+        return self.for_vectors(self.retriever.embed_texts(texts, normalize=not self.raw), collection, query)
 
     def for_images(
         self, images: Sequence[Image.Image | Path], collection: str, query: QueryMode | None = None
     ) -> Conditioning:
-        return self.for_vectors(self.retriever.embed_images(images), collection, query)
+        return self.for_vectors(
+            self.retriever.embed_images(images, normalize=not self.raw), collection, query
+        )
 
     def for_vectors(
         self, queries: np.ndarray, collection: str | None, query: QueryMode | None = None
     ) -> Conditioning:
-        """(B, D) query vectors -> their contexts in `collection` (none needed for `query_only`)."""
+        """(B, D) query vectors -> their contexts in `collection` (none needed for `query_only`). For
+        a raw-context model the queries' lengths are theirs: give them as embedded."""
         mode = query or self.query
         vectors = torch.from_numpy(np.asarray(queries, dtype=np.float32))  # (B, D)
         if mode == "query_only" or self.k == 0:
@@ -64,7 +75,10 @@ class ContextBuilder:
             if collection is not None:
                 self.retriever.store.require(collection)
             no_neighbors = torch.empty(len(vectors), 0, vectors.shape[1])
-            return Conditioning(sampling_context(vectors, no_neighbors, "query_only"), [[] for _ in vectors])
+            context = sampling_context(vectors, no_neighbors, "query_only")
+            return Conditioning(
+                self._lengths(context, vectors, [[] for _ in vectors], "query_only"), [[] for _ in vectors]
+            )
         if collection is None:
             raise UserError(f"sample.query {mode} retrieves neighbours: name a collection")
         hits = self.retriever.by_vectors(queries, collection, self.k, with_vectors=True)
@@ -76,4 +90,23 @@ class ContextBuilder:
             )
         rows = [np.stack([np.asarray(hit.vector) for hit in row]) for row in hits]  # asked with vectors
         neighbors = torch.from_numpy(np.stack(rows).astype(np.float32))  # (B, k, D)
-        return Conditioning(sampling_context(vectors, neighbors, mode), hits)
+        return Conditioning(
+            self._lengths(sampling_context(vectors, neighbors, mode), vectors, hits, mode), hits
+        )
+
+    def _lengths(
+        self, context: torch.Tensor, queries: torch.Tensor, hits: list[list[Hit]], mode: QueryMode
+    ) -> torch.Tensor:
+        """Unit-token `context` (B, T, D), or for a raw-context model each token times its raw length."""
+        if not self.raw:
+            return context
+        if any("norm" not in hit.payload for row in hits for hit in row):
+            raise UserError(
+                "this model reads raw CLIP vectors, but the collection's points record no raw length "
+                "(`norm`): use collections imported from their .npz databases (`rdm collections import`)"
+            )
+        query = queries.norm(dim=1, keepdim=True)  # (B, 1)
+        neighbors = torch.tensor([[float(hit.payload["norm"]) for hit in row] for row in hits])  # (B, k)
+        neighbors = neighbors.reshape(len(hits), -1)
+        lengths = {"with_neighbors": [query, neighbors], "neighbors_only": [neighbors], "query_only": [query]}
+        return context * torch.cat(lengths[mode], dim=1)[..., None]

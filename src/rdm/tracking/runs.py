@@ -217,3 +217,15 @@ def log_refresh(params: TrackingParams, summary: dict[str, Any]) -> str:
         return log_results(
             params, None, totals | per_style, {"refresh": [path]}, run_name="refresh-style-collections"
         )
+
+
+def log_import(params: TrackingParams, run_name: str, logged: dict[str, Any]) -> str:
+    """A finished run `run_name` with `logged` as its params, for a model imported rather than trained
+    (its registry version is logged to it); returns the run id."""
+    import mlflow
+
+    with tracking_at(tracking_uri(params)):
+        mlflow.set_experiment(params.experiment)
+        with mlflow.start_run(run_name=run_name) as run:
+            mlflow.log_params(logged)
+            return str(run.info.run_id)
