@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rdm.artifacts.clip import RESIZE_MODES
 from rdm.config import DEFAULT_PARAMS, Config, load_config
 from rdm.errors import UserError
 
@@ -331,6 +332,20 @@ def _import(config: Config, args: argparse.Namespace) -> None:
         print(f"sample: rdm sample --model {args.out} --prompt ... --style ...")
 
 
+def _import_clip(config: Config, args: argparse.Namespace) -> None:
+    """A local open_clip weights file into a CLIP folder, as the `clip` stage writes it, unmeasured."""
+    from rdm.embedding import model as clip_model
+
+    name, resize = args.model or config.clip.model, args.resize or config.clip.resize
+    out = Path(args.out or config.clip.out)
+    model, _ = clip_model.create(name, pretrained=str(args.weights))
+    card = clip_model.save(model, name, str(args.weights), out, resize)
+    print(
+        f"imported {args.weights} into {out}/: CLIP {card.model}, {card.embed_dim}-d vectors, images "
+        f"resized by {card.resize} [{card.fingerprint}]"
+    )
+
+
 def _search(config: Config, args: argparse.Namespace) -> None:
     from rdm.embedding.model import load
     from rdm.retrieval.backends import open_store
@@ -546,6 +561,14 @@ def _add_import_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser
     ldm.add_argument("--clip", help="the CLIP folder its contexts come from (default clip.out)")
     ldm.add_argument("--register", metavar="NAME", help="also register it in MLflow as NAME")
     ldm.set_defaults(func=_import)
+    clip = kinds.add_parser("clip", help="open_clip weights from a local file, as the CLIP folder")
+    clip.add_argument("weights", type=Path, help="e.g. open_clip_model.safetensors of ViT-L/14 (OpenAI)")
+    clip.add_argument(
+        "--model", help="its open_clip architecture (default clip.model), e.g. ViT-L-14-quickgelu"
+    )
+    clip.add_argument("--resize", choices=RESIZE_MODES, help="crop or squash (default clip.resize)")
+    clip.add_argument("--out", help="the CLIP folder to write (default clip.out)")
+    clip.set_defaults(func=_import_clip)
 
 
 def _add_ingest_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

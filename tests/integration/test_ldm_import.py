@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from rdm.artifacts.clip import ClipCard
 from rdm.artifacts.model import ModelError, read_card
@@ -205,9 +206,7 @@ def test_an_imported_model_samples_from_an_imported_database_and_registers(
         "artbench-surrealism",
         "artbench-ukiyo_e",
     }
-    images = [
-        np.asarray(__import__("PIL.Image").Image.open(tmp_path / "folder" / r["file"])) for r in records
-    ]
+    images = [np.asarray(Image.open(tmp_path / "folder" / r["file"])) for r in records]
     assert all(image.shape == (128, 128, 3) for image in images)
     assert not np.array_equal(images[0], images[2])  # same prompt and seed, another collection
     assert main([*drawn, "--model", "models:/laion-rdm/1", "--out", "registry"]) == 0

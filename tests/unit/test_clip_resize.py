@@ -123,6 +123,28 @@ def test_a_local_weights_file_loads_into_the_quickgelu_architecture(
         torch.testing.assert_close(tensor, saved[name], atol=0, rtol=0)
 
 
+def test_rdm_import_clip_makes_the_folder_from_a_local_file(
+    small_quickgelu: str, weights_file: Path, folders: dict[str, Path], tmp_path: Path
+) -> None:
+    from rdm.cli import main
+
+    out = tmp_path / "clip"
+    argv = ["import", "clip", str(weights_file), "--model", small_quickgelu, "--resize", "squash"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert read_card(out) == read_card(folders["squash"])  # same weights, mode, hence fingerprint
+    assert (out / WEIGHTS).read_bytes() == (folders["squash"] / WEIGHTS).read_bytes()
+
+
+def test_a_torchscript_archive_is_refused_with_the_file_to_use_instead(
+    small_quickgelu: str, tmp_path: Path
+) -> None:
+    """OpenAI's release of ViT-L/14 is a TorchScript archive; open_clip's safe loading cannot read it."""
+    archive = tmp_path / "ViT-L-14.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(archive))
+    with pytest.raises(ClipError, match=r"ViT-L-14.pt is a TorchScript archive.*safetensors"):
+        clip_model.create(small_quickgelu, pretrained=str(archive))
+
+
 def test_the_card_records_the_mode_and_the_fingerprint_tells_modes_apart(folders: dict[str, Path]) -> None:
     crop, squash = read_card(folders["crop"]), read_card(folders["squash"])
     assert (crop.resize, squash.resize) == ("crop", "squash")

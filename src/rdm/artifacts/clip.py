@@ -52,7 +52,8 @@ def fingerprint(weights: Path, resize: str) -> str:
     """What tells this CLIP's vectors apart: the weights, and the resize mode, since the same weights
     fed squashed instead of cropped images make other vectors. `crop` adds nothing, so folders
     written before the mode existed keep their fingerprint (and their embeddings stay valid)."""
-    digest = hashlib.sha256(weights.read_bytes())
+    with weights.open("rb") as file:  # in chunks: ViT-L/14's weights are 1.7 GB
+        digest = hashlib.file_digest(file, "sha256")
     if resize != "crop":
         digest.update(f"\nresize={resize}".encode())
     return digest.hexdigest()[:16]

@@ -122,6 +122,13 @@ def create(name: str, pretrained: str | None = None) -> tuple[Any, Any]:
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
     except RuntimeError as exc:
+        if "TorchScript" in str(exc):  # OpenAI's own .pt files: loading one means running its code
+            raise ClipError(
+                f"clip.pretrained: {pretrained} is a TorchScript archive (OpenAI's original release), "
+                "which is never loaded because it runs code; use the same weights as safetensors, e.g. "
+                "open_clip_model.safetensors of huggingface.co/timm/vit_large_patch14_clip_224.openai "
+                "for ViT-L-14-quickgelu"
+            ) from None
         raise ClipError(f"clip: cannot load {name} with weights {pretrained!r}: {exc}") from None
     return model, preprocess
 
