@@ -1,11 +1,14 @@
-"""`rdm import ldm` at the LAION-RDM's full size: a checkpoint in the released layout with random
-weights at the real shapes (768x768.yaml: a 1.34 G-parameter UNet, its EMA twin, the KL-f16 first
-stage; about 11 GB in float32), then the import as a separate process, timed, with its peak memory.
+"""The paper's LAION-RDM through the user's path at full size, with random weights at the real shapes:
+a ViT-L-14-quickgelu weights file (as downloaded) through `rdm import clip`, a 768-d retrieval database
+through `rdm collections import`, a checkpoint in the released layout (768x768.yaml: a 1.34
+G-parameter UNet, its EMA twin, the KL-f16 first stage; about 11 GB in float32) through `rdm import
+ldm`, then `rdm sample` of one 768x768 image with DDIM at `--steps` steps. Each command is timed as a
+separate process with its peak memory.
 
     python benchmarks/import_ldm.py --work /tmp/ldm-full    # needs ~25 GB of disk, ~12 GB of memory
 
-Prints the checkpoint's size, the import's wall time and peak resident memory (which counts the
-pages of the memory-mapped checkpoint it read), and the written folder's size; the last line is JSON.
+Prints each command's wall time and peak resident memory (which counts the pages of memory-mapped
+files it read) and the written folder's size; the last line is JSON.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -40,36 +44,69 @@ def full_size_checkpoint(path: Path) -> None:
     torch.save({"state_dict": state, "global_step": 0}, path)
 
 
+def timed(command: list[str]) -> dict[str, float]:
+    """Wall seconds and peak resident GB of one command, run in its own process."""
+    run = subprocess.run(["/usr/bin/time", "-v", *command], capture_output=True, text=True)
+    if run.returncode:
+        raise SystemExit(f"{' '.join(command)} failed:\n{run.stdout}\n{run.stderr}")
+    print(run.stdout.strip())
+    report = dict(line.strip().split(": ", 1) for line in run.stderr.splitlines() if ": " in line)
+    minutes, seconds = report["Elapsed (wall clock) time (h:mm:ss or m:ss)"].rsplit(":", 1)
+    wall = float(seconds) + 60 * sum(int(p) * 60**i for i, p in enumerate(reversed(minutes.split(":"))))
+    peak = int(report["Maximum resident set size (kbytes)"]) / 1e6
+    return {"wall_s": round(wall, 1), "peak_rss_gb": round(peak, 2)}
+
+
+def size_gb(path: Path) -> float:
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return round(sum(p.stat().st_size for p in files) / 1e9, 2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="a folder with ~25 GB free")
+    parser.add_argument("--steps", type=int, default=2, help="DDIM steps of the timed sample (the paper: 50)")
     args = parser.parse_args()
-    work: Path = args.work
+    work: Path = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     checkpoint, config = work / "model.ckpt", ref.write_config(ref.rdm_config(), work / "768x768.yaml")
     if not checkpoint.is_file():
         started = time.perf_counter()
         full_size_checkpoint(checkpoint)
         seconds = time.perf_counter() - started
-        print(f"wrote {checkpoint} ({checkpoint.stat().st_size / 1e9:.2f} GB) in {seconds:.0f} s")
-    clip = work / "clip"  # the card is all an import reads of its CLIP: ViT-L/14's 768-d vectors
-    clip.mkdir(exist_ok=True)
-    card = {"model": "ViT-L-14-quickgelu", "source": "openai", "embed_dim": 768, "fingerprint": "unmeasured"}
-    (clip / "rdm_clip.json").write_text(json.dumps(card))
-    command = ["rdm", "import", "ldm", str(checkpoint), "--config", str(config), "--out", str(work / "model")]
-    timed = subprocess.run(
-        ["/usr/bin/time", "-v", *command, "--clip", str(clip)], capture_output=True, text=True, check=True
+        print(f"wrote {checkpoint} ({size_gb(checkpoint):.2f} GB) in {seconds:.0f} s")
+    weights = work / "open_clip_model.safetensors"  # the name of OpenAI's ViT-L/14 on the HF hub
+    if not weights.is_file():
+        from safetensors.torch import save_file
+
+        from rdm.embedding.model import create
+
+        torch.manual_seed(0)
+        save_file(
+            {k: v.contiguous() for k, v in create("ViT-L-14-quickgelu")[0].state_dict().items()}, weights
+        )
+    database = work / "databases" / "artbench-surrealism" / "5000x768-part_1.npz"
+    database.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    np.savez(database, embedding=rng.normal(size=(5000, 768)).astype(np.float32), img_id=np.arange(5000))
+    params = work / "params.yaml"
+    params.write_text(
+        f"clip:\n  out: {work / 'clip'}\nstore:\n  path: {work / 'qdrant'}\n"
+        f"tracking:\n  tracking_uri: sqlite:///{work / 'mlflow.db'}\n"
     )
-    print(timed.stdout.strip())
-    report = dict(line.strip().split(": ", 1) for line in timed.stderr.splitlines() if ": " in line)
-    folder = sum(p.stat().st_size for p in (work / "model").rglob("*") if p.is_file())
-    result = {
-        "checkpoint_gb": round(checkpoint.stat().st_size / 1e9, 2),
-        "wall": report["Elapsed (wall clock) time (h:mm:ss or m:ss)"],
-        "peak_rss_gb": round(int(report["Maximum resident set size (kbytes)"]) / 1e6, 2),
-        "user_s": float(report["User time (seconds)"]),
-        "folder_gb": round(folder / 1e9, 2),
-    }
+    rdm = ["rdm", "--params", str(params)]
+    clip = [*rdm, "import", "clip", str(weights), "--model", "ViT-L-14-quickgelu", "--resize", "squash"]
+    model = work / "model"
+    imported = [*rdm, "import", "ldm", str(checkpoint), "--config", str(config), "--out", str(model)]
+    drawn = [*rdm, "sample", "--model", str(model), "--prompt", "a lighthouse at dusk", "--style"]
+    drawn += ["artbench-surrealism", "-n", "1", "-k", "10", "--sampler", "ddim", "--scale", "5"]
+    result: dict[str, object] = {"checkpoint_gb": size_gb(checkpoint), "clip_weights_gb": size_gb(weights)}
+    result["import_clip"] = timed(clip)
+    result["collections_import"] = timed([*rdm, "collections", "import", str(database.parent.parent)])
+    result["import_ldm"] = timed(imported) | {"folder_gb": size_gb(model)}
+    result[f"sample_ddim{args.steps}"] = timed(
+        [*drawn, "--steps", str(args.steps), "--out", str(work / "drawn")]
+    )
     print(json.dumps(result))
 
 

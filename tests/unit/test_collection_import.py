@@ -135,3 +135,16 @@ def test_a_database_saved_in_parts_is_one_collection_that_keeps_raw_lengths(
     (hits,) = store.query("style-artbench-surrealism", query[None], 1)
     assert hits[0].payload["img_id"] == "15" and hits[0].payload["style"] == "artbench-surrealism"
     assert hits[0].payload["norm"] == pytest.approx(float(np.linalg.norm(second[3])), rel=1e-5)
+
+
+def test_files_that_would_merge_into_one_database_are_refused(store: EdgeStore, tmp_path: Path) -> None:
+    """Files named alike in two style folders are two databases whose name the files do not tell."""
+    for style in ("surrealism", "baroque"):
+        (tmp_path / "dbs" / style).mkdir(parents=True)
+        vectors = np.random.default_rng(2).normal(size=(4, DIM))
+        (tmp_path / "dbs" / style / "embeddings.npz").write_bytes(
+            npz_bytes(embedding=vectors, img_id=np.arange(4))
+        )
+    with pytest.raises(CollectionError, match=r"baroque/embeddings.npz, .*surrealism/embeddings.npz would"):
+        import_databases(store, tmp_path / "dbs", CARD, "style-")
+    assert store.list_collections() == []

@@ -62,6 +62,13 @@ def _by_database(
     for member in members:
         path = Path(member)
         named.setdefault(path.parent.name if PART.match(path.stem) else path.stem, []).append(member)
+    for name, parts in named.items():
+        folders = {Path(part).parent for part in parts}
+        if len(folders) > 1:  # two files of one stem, or parts in two folders of one name
+            raise CollectionError(
+                f"{source}: {', '.join(parts)} would all become database {name!r}; name each file "
+                "for its database, or keep a database's <rows>x<dim>-part_<i>.npz parts in one folder"
+            )
     for name, parts in sorted(named.items()):
         yield name, [(f"{source}:{member}", read(member)) for member in parts]
 
