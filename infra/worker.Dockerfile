@@ -1,5 +1,5 @@
 # A Prefect worker for the rdm-gpu process pool: the project installed from requirements.lock, run
-# from /srv/rdm (the working_dir of infra/work-pool.json and the pull step of infra/prefect.yaml).
+# from /srv/rdm (RDM_PROJECT_DIR, which the pull step of infra/prefect.yaml changes into).
 # Build context: the repository root (see docker-compose.yml); infra/worker.Dockerfile.dockerignore
 # keeps .venv, data and models out of it.
 #
@@ -18,7 +18,8 @@ COPY . /srv/rdm
 RUN pip install --no-cache-dir -c requirements.lock .
 
 ENV PYTHONUNBUFFERED=1 \
-    PREFECT_SERVER_ANALYTICS_ENABLED=false
+    PREFECT_SERVER_ANALYTICS_ENABLED=false \
+    RDM_PROJECT_DIR=/srv/rdm
 
 CMD ["prefect", "worker", "start", "--pool", "rdm-gpu", "--type", "process", \
      "--base-job-template", "/srv/rdm/infra/work-pool.json", "--with-healthcheck"]

@@ -97,6 +97,10 @@ def _refresh(config: Config, args: argparse.Namespace) -> None:
 def _services(config: Config, args: argparse.Namespace) -> None:
     from rdm import services
 
+    if args.stack:
+        config = config.model_copy(
+            update={"services": config.services.model_copy(update={"stack": args.stack})}
+        )
     if args.action == "start":
         services.start(config.services, Path.cwd())
     elif args.action == "stop":
@@ -466,6 +470,11 @@ def _add_refresh_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParse
 def _add_services_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     svc = verbs.add_parser("services", help="the local Prefect and MLflow servers and the deployments")
     svc.add_argument("action", choices=("start", "stop", "status"))
+    svc.add_argument(
+        "--stack",
+        choices=("sqlite", "postgres"),
+        help="start: SQLite (default services.stack) or Postgres + worker",
+    )
     svc.set_defaults(func=_services)
 
 

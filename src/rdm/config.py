@@ -485,6 +485,18 @@ class ServicesParams(Section):
     """Their databases, logs and process ids (git-ignored)."""
     startup_timeout: PositiveInt = 180
     """Seconds to wait for each to answer before giving up."""
+    stack: Literal["sqlite", "postgres"] = "sqlite"
+    """`sqlite`: both servers on SQLite, the deployments served by one process (a laptop). `postgres`:
+    the compose stack's shape without Docker (infra/README.md): PostgreSQL from this machine's
+    binaries under both servers, MLflow serving artifacts from `artifacts`, the deployments of
+    infra/prefect.yaml in the process pool of infra/work-pool.json, run by a `prefect worker`."""
+    postgres_port: Annotated[int, Field(ge=1, le=65535)] = 5432
+    postgres_data: str | None = None
+    """The PostgreSQL data folder (default `<state>/postgres`); run as root, the server runs as the OS
+    user postgres, which must be able to reach it."""
+    artifacts: str | None = None
+    """Postgres stack: where the MLflow server keeps artifacts, e.g. `s3://mlflow/artifacts` (it reads
+    AWS_* and MLFLOW_S3_ENDPOINT_URL); default `<state>/mlartifacts`. Clients need no credentials."""
 
 
 class Config(Section):

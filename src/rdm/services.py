@@ -3,6 +3,11 @@ an MLflow server (SQLite backend, local artifacts, one worker) and the process s
 deployments (`flows/serve.py`). Their databases, logs and process ids live in `services.state`;
 `stop` ends exactly the processes `start` recorded there.
 
+`services.stack: postgres` (`rdm services start --stack postgres`) starts the compose stack's shape
+instead (infra/README.md): PostgreSQL under both servers, MLflow serving its artifacts (to S3 where
+`services.artifacts` says so), the process pool of infra/work-pool.json with the deployments of
+infra/prefect.yaml, and a `prefect worker` that runs them.
+
 The MLflow server uses the project's own store (`mlflow.db`) and artifact folder (`mlruns/`), so the
 runs of `dvc repro` and of the flows are browsable in one UI and readable without the server.
 """
@@ -22,10 +27,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from rdm import postgres
 from rdm.config import ServicesParams
 from rdm.errors import UserError
 
 STATE_FILE = "services.json"
+POSTGRES_FILE = "postgres.json"
+"""Where the stack's PostgreSQL runs (data folder, port), for `stop`."""
+POOL = "rdm-gpu"
+"""The process pool of infra/work-pool.json, which infra/prefect.yaml's deployments name."""
 PROFILE_MARK = "prefect-profile-set"
 DEPLOYMENTS = (
     "train-rdm/train-rdm",
@@ -160,12 +170,23 @@ def start(params: ServicesParams, root: Path) -> dict[str, int]:
         return recorded
     env = _process_environment(params, state)
     try:
-        pids = _launch_servers(params, root, state, env)
+        pids: dict[str, int] = {}
+        if params.stack == "postgres":
+            server = _postgres(params, state)
+            (state / POSTGRES_FILE).write_text(json.dumps({"data": str(server.data), "port": server.port}))
+            pids["postgres"] = postgres.start(server)
+            _write_state(state, pids)
+            print(f"services: PostgreSQL {server.host}:{server.port} up ({server.data})")
+        pids |= _launch_servers(params, root, state, env)
         _write_state(state, pids)
         _wait_for_servers(params, state, pids)
-        pids["deployments"] = _launch_deployments(root, state, env)
+        if params.stack == "postgres":
+            _deploy(root, state, env)
+            pids["worker"] = _launch_worker(root, state, env)
+        else:
+            pids["deployments"] = _launch_deployments(root, state, env)
         _write_state(state, pids)
-        _wait_for_deployments(params, state, pids["deployments"])
+        _wait_for_deployments(params, state, pids.get("deployments") or pids["worker"])
         _point_prefect_cli_here(params, state)
     except BaseException:  # leave nothing half-started behind
         stop(params, root)
@@ -177,6 +198,8 @@ def start(params: ServicesParams, root: Path) -> dict[str, int]:
 def _process_environment(params: ServicesParams, state: Path) -> dict[str, str]:
     """The environment of the three processes; also written to `<state>/env` for the user's shell."""
     exported = environment(params)
+    if params.stack == "postgres":
+        exported["RDM_PROJECT_DIR"] = str(state.parent)
     (state / "env").write_text("".join(f"export {key}={value}\n" for key, value in exported.items()))
     return (
         os.environ
@@ -188,12 +211,38 @@ def _process_environment(params: ServicesParams, state: Path) -> dict[str, str]:
     )
 
 
+def _postgres(params: ServicesParams, state: Path) -> postgres.Postgres:
+    """The stack's PostgreSQL, with the user and password the compose file takes from the environment."""
+    return postgres.Postgres(
+        data=Path(params.postgres_data or state / "postgres").resolve(),
+        port=params.postgres_port,
+        user=os.environ.get("POSTGRES_USER", "rdm"),
+        password=os.environ.get("POSTGRES_PASSWORD", "rdm-local-only"),
+        host=params.host,
+    )
+
+
 def _launch_servers(params: ServicesParams, root: Path, state: Path, env: dict[str, str]) -> dict[str, int]:
     """Start the Prefect and the MLflow server, without waiting for them: their process ids."""
     prefect = [_bin("prefect"), "server", "start", "--host", params.host, "--port", str(params.prefect_port)]
-    mlflow = [
-        _bin("mlflow"),
-        "server",
+    mlflow = [_bin("mlflow"), "server", *_mlflow_stores(params, root, state)]
+    mlflow += ["--host", params.host, "--port", str(params.mlflow_port), "--workers", "1"]
+    prefect_env = env
+    if params.stack == "postgres":
+        database = _postgres(params, state).url("prefect", "postgresql+asyncpg")
+        prefect_env = env | {"PREFECT_SERVER_DATABASE_CONNECTION_URL": database}
+    return {
+        "prefect": _launch(prefect, state / "prefect.log", prefect_env, root),
+        "mlflow": _launch(mlflow, state / "mlflow.log", env, root),
+    }
+
+
+def _mlflow_stores(params: ServicesParams, root: Path, state: Path) -> list[str]:
+    if params.stack == "postgres":  # as infra/docker-compose.yml runs it: clients log through the server
+        artifacts = params.artifacts or str(state / "mlartifacts")
+        backend = _postgres(params, state).url("mlflow", "postgresql+psycopg2")
+        return ["--backend-store-uri", backend, "--artifacts-destination", artifacts, "--serve-artifacts"]
+    return [
         "--backend-store-uri",
         f"sqlite:///{(root / 'mlflow.db').resolve()}",
         # artifacts where `sqlite:///mlflow.db` without a server puts them, so that runs
@@ -201,17 +250,39 @@ def _launch_servers(params: ServicesParams, root: Path, state: Path, env: dict[s
         "--default-artifact-root",
         str((root / "mlruns").resolve()),
         "--no-serve-artifacts",
-        "--host",
-        params.host,
-        "--port",
-        str(params.mlflow_port),
-        "--workers",
-        "1",
     ]
-    return {
-        "prefect": _launch(prefect, state / "prefect.log", env, root),
-        "mlflow": _launch(mlflow, state / "mlflow.log", env, root),
-    }
+
+
+def _deploy(root: Path, state: Path, env: dict[str, str]) -> None:
+    """The pool and the deployments as infra/README.md has a user make them."""
+    infra = root / "infra"
+    commands = [
+        [
+            "work-pool",
+            "create",
+            POOL,
+            "--type",
+            "process",
+            "--base-job-template",
+            str(infra / "work-pool.json"),
+        ],
+        ["--no-prompt", "deploy", "--all", "--prefect-file", str(infra / "prefect.yaml")],
+    ]
+    with (state / "deploy.log").open("a") as log:
+        for command in commands:
+            done = subprocess.run(
+                [_bin("prefect"), *command], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+            if done.returncode and "already exists" not in _tail(state / "deploy.log", 5):
+                raise ServiceError(f"prefect {' '.join(command)} failed; see {state / 'deploy.log'}")
+    print(f"services: work pool {POOL} and the deployments of infra/prefect.yaml created")
+
+
+def _launch_worker(root: Path, state: Path, env: dict[str, str]) -> int:
+    """A process worker of the pool; each flow run it starts changes into RDM_PROJECT_DIR (the pull
+    step of infra/prefect.yaml)."""
+    worker = [_bin("prefect"), "worker", "start", "--pool", POOL, "--type", "process"]
+    return _launch(worker, state / "worker.log", env | {"PYTHONPATH": str(root)}, root)
 
 
 def _wait_for_servers(params: ServicesParams, state: Path, pids: dict[str, int]) -> None:
@@ -278,6 +349,11 @@ def stop(params: ServicesParams, root: Path) -> None:
     for name, pid in reversed(_read_state(state).items()):
         if not _ours(pid):
             continue
+        if name == "postgres":
+            recorded = json.loads((state / POSTGRES_FILE).read_text())
+            postgres.stop(postgres.Postgres(Path(recorded["data"]), recorded["port"]))
+            print(f"services: stopped {name} (pid {pid})")
+            continue
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
         deadline = time.perf_counter() + 30
@@ -301,7 +377,7 @@ def _ours(pid: int) -> bool:
         command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return False
-    return any(program in command for program in ("prefect", "mlflow", "flows.serve"))
+    return any(program in command for program in ("prefect", "mlflow", "flows.serve", "postgres"))
 
 
 def _group_alive(pgid: int) -> bool:
