@@ -347,13 +347,8 @@ def stop(params: ServicesParams, root: Path) -> None:
     the deployments first so that their runs are reported while the servers still listen."""
     state = (root / params.state).resolve()
     for name, pid in reversed(_read_state(state).items()):
-        if not _ours(pid):
-            continue
-        if name == "postgres":
-            recorded = json.loads((state / POSTGRES_FILE).read_text())
-            postgres.stop(postgres.Postgres(Path(recorded["data"]), recorded["port"]))
-            print(f"services: stopped {name} (pid {pid})")
-            continue
+        if name == "postgres" or not _ours(pid):
+            continue  # PostgreSQL last, by its data folder: it may have been restarted under another pid
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
         deadline = time.perf_counter() + 30
@@ -365,6 +360,11 @@ def stop(params: ServicesParams, root: Path) -> None:
                 os.killpg(pid, signal.SIGKILL)
             _reap(pid)
         print(f"services: stopped {name} (pid {pid})")
+    if (state / POSTGRES_FILE).is_file():
+        recorded = json.loads((state / POSTGRES_FILE).read_text())
+        postgres.stop(postgres.Postgres(Path(recorded["data"]), recorded["port"]))
+        (state / POSTGRES_FILE).unlink()
+        print(f"services: stopped PostgreSQL ({recorded['data']})")
     (state / STATE_FILE).unlink(missing_ok=True)
     if (state / PROFILE_MARK).is_file():
         _point_prefect_cli(json.loads((state / PROFILE_MARK).read_text())["previous"])
