@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from rdm import postgres
 from rdm.config import ServicesParams
 from rdm.errors import UserError
@@ -165,6 +167,10 @@ def start(params: ServicesParams, root: Path) -> dict[str, int]:
     state.mkdir(parents=True, exist_ok=True)
     recorded = _read_state(state)
     if recorded and any(_ours(pid) for pid in recorded.values()):
+        gone = [name for name, pid in recorded.items() if not _ours(pid)]
+        if gone:  # with the stack they were started as, whatever `--stack` says now
+            stack = "postgres" if (state / POSTGRES_FILE).is_file() else "sqlite"
+            return _restart(params.model_copy(update={"stack": stack}), root, recorded, gone)
         print(f"services: already running ({state / STATE_FILE}); `make services-stop` first to restart")
         status(params, root)
         return recorded
@@ -195,6 +201,30 @@ def start(params: ServicesParams, root: Path) -> dict[str, int]:
     return pids
 
 
+def _restart(params: ServicesParams, root: Path, recorded: dict[str, int], gone: list[str]) -> dict[str, int]:
+    """Bring back the recorded services that have exited (a crash, a kill), leaving the running ones."""
+    state = (root / params.state).resolve()
+    env = _process_environment(params, state)
+    pids = dict(recorded)
+    for name in gone:
+        if name == "postgres":
+            server = _postgres(params, state)
+            if (server.data / "postmaster.pid").is_file() and _alive(postgres.pid(server)):
+                pids[name] = postgres.pid(server)  # restarted by someone else meanwhile
+                continue
+            pids[name] = postgres.start(server)
+        elif name in ("prefect", "mlflow"):
+            pids |= _launch_servers(params, root, state, env, only=name)
+        elif name == "worker":
+            pids[name] = _launch_worker(root, state, env)
+        else:
+            pids[name] = _launch_deployments(root, state, env)
+        print(f"services: restarted {name} (pid {pids[name]})")
+    _write_state(state, pids)
+    _wait_for_servers(params, state, pids)
+    return pids
+
+
 def _process_environment(params: ServicesParams, state: Path) -> dict[str, str]:
     """The environment of the three processes; also written to `<state>/env` for the user's shell."""
     exported = environment(params)
@@ -222,8 +252,10 @@ def _postgres(params: ServicesParams, state: Path) -> postgres.Postgres:
     )
 
 
-def _launch_servers(params: ServicesParams, root: Path, state: Path, env: dict[str, str]) -> dict[str, int]:
-    """Start the Prefect and the MLflow server, without waiting for them: their process ids."""
+def _launch_servers(
+    params: ServicesParams, root: Path, state: Path, env: dict[str, str], only: str | None = None
+) -> dict[str, int]:
+    """Start the Prefect and the MLflow server (or `only` one), without waiting: their process ids."""
     prefect = [_bin("prefect"), "server", "start", "--host", params.host, "--port", str(params.prefect_port)]
     mlflow = [_bin("mlflow"), "server", *_mlflow_stores(params, root, state)]
     mlflow += ["--host", params.host, "--port", str(params.mlflow_port), "--workers", "1"]
@@ -231,9 +263,11 @@ def _launch_servers(params: ServicesParams, root: Path, state: Path, env: dict[s
     if params.stack == "postgres":
         database = _postgres(params, state).url("prefect", "postgresql+asyncpg")
         prefect_env = env | {"PREFECT_SERVER_DATABASE_CONNECTION_URL": database}
+    commands = {"prefect": (prefect, prefect_env), "mlflow": (mlflow, env)}
     return {
-        "prefect": _launch(prefect, state / "prefect.log", prefect_env, root),
-        "mlflow": _launch(mlflow, state / "mlflow.log", env, root),
+        name: _launch(args, state / f"{name}.log", run_env, root)
+        for name, (args, run_env) in commands.items()
+        if only in (None, name)
     }
 
 
@@ -254,20 +288,16 @@ def _mlflow_stores(params: ServicesParams, root: Path, state: Path) -> list[str]
 
 
 def _deploy(root: Path, state: Path, env: dict[str, str]) -> None:
-    """The pool and the deployments as infra/README.md has a user make them."""
+    """The pool, the deployments and the automations as infra/README.md has a user make them (an
+    automation already on the server, from an earlier start on the same database, is kept)."""
     infra = root / "infra"
+    pool = ["work-pool", "create", POOL, "--type", "process"]
     commands = [
-        [
-            "work-pool",
-            "create",
-            POOL,
-            "--type",
-            "process",
-            "--base-job-template",
-            str(infra / "work-pool.json"),
-        ],
+        [*pool, "--base-job-template", str(infra / "work-pool.json")],
         ["--no-prompt", "deploy", "--all", "--prefect-file", str(infra / "prefect.yaml")],
     ]
+    if not _automations_exist(infra / "automations.yaml", env):
+        commands.append(["automation", "create", "--from-file", str(infra / "automations.yaml")])
     with (state / "deploy.log").open("a") as log:
         for command in commands:
             done = subprocess.run(
@@ -275,14 +305,21 @@ def _deploy(root: Path, state: Path, env: dict[str, str]) -> None:
             )
             if done.returncode and "already exists" not in _tail(state / "deploy.log", 5):
                 raise ServiceError(f"prefect {' '.join(command)} failed; see {state / 'deploy.log'}")
-    print(f"services: work pool {POOL} and the deployments of infra/prefect.yaml created")
+    print(f"services: work pool {POOL}, the deployments of infra/prefect.yaml and its automations created")
+
+
+def _automations_exist(path: Path, env: dict[str, str]) -> bool:
+    names = {automation["name"] for automation in yaml.safe_load(path.read_text())["automations"]}
+    listed = subprocess.run([_bin("prefect"), "automation", "ls"], env=env, capture_output=True, text=True)
+    return all(name in listed.stdout for name in names)
 
 
 def _launch_worker(root: Path, state: Path, env: dict[str, str]) -> int:
     """A process worker of the pool; each flow run it starts changes into RDM_PROJECT_DIR (the pull
     step of infra/prefect.yaml)."""
     worker = [_bin("prefect"), "worker", "start", "--pool", POOL, "--type", "process"]
-    return _launch(worker, state / "worker.log", env | {"PYTHONPATH": str(root)}, root)
+    heartbeat = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}  # what infra/automations.yaml watches
+    return _launch(worker, state / "worker.log", env | heartbeat | {"PYTHONPATH": str(root)}, root)
 
 
 def _wait_for_servers(params: ServicesParams, state: Path, pids: dict[str, int]) -> None:

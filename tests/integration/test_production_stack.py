@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -63,10 +64,22 @@ class Stack:
 
     def submit(self, deployment: str) -> str:
         """`prefect deployment run NAME` without waiting: the flow run's id."""
-        out = run_ok(["prefect", "deployment", "run", deployment], self.repo, self.env)
+        return self.submit_with(deployment, None)
+
+    def submit_with(self, deployment: str, parameters: dict | None) -> str:
+        args = ["prefect", "deployment", "run", deployment]
+        if parameters:
+            args += ["--params", json.dumps(parameters)]
+        out = run_ok(args, self.repo, self.env)
         found = re.search(r"UUID: ([0-9a-f-]{36})", out)
         assert found, out
         return found[1]
+
+    def stage_outcomes(self) -> list[dict]:
+        with urllib.request.urlopen(
+            f"{self.prefect}/artifacts/train-rdm-stages/latest", timeout=10
+        ) as response:
+            return list(json.loads(json.load(response)["data"]))
 
     def wait(self, run_ids: list[str], timeout: float = 1500) -> dict[str, dict]:
         """Each flow run's final record, once all are finished."""
@@ -156,7 +169,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3: str) -> Iterator[Stack]:
     )
     try:
         out = run_ok(["rdm", "services", "start", "--stack", "postgres"], repo, env, timeout=600)
-        assert "work pool rdm-gpu and the deployments of infra/prefect.yaml created" in out
+        assert "the deployments of infra/prefect.yaml and its automations created" in out
         client_env = env | {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{ports['mlflow']}"}
         yield Stack(repo, client_env, ports, s3, data_root / "data")
     finally:
@@ -224,3 +237,73 @@ def test_the_stack_carries_on_after_postgres_restarts(stack: Stack, trained: dic
     name = f"sample-styles {run['name']}-{run['id'][:8]}"
     experiments = [e.experiment_id for e in client.search_experiments()]
     assert client.search_runs(experiments, f"attributes.run_name = '{name}'")
+
+
+def test_a_training_outlives_the_mlflow_server_killed_and_restarted(stack: Stack, trained: dict) -> None:
+    """The MLflow server is killed while the training logs to it and brought back by `rdm services
+    start` (which restarts what has exited): the training finishes with every metric point logged."""
+    client = MlflowClient(tracking_uri=stack.mlflow)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    steps, every = 60, 2
+    changes = {"params": {"train.max_steps": steps, "train.log_every_n_steps": every}}
+    flow_run = stack.submit_with("train-rdm/train-rdm", changes)
+    before = losses_logged(client, experiments)
+    training = None  # the run whose loss points grow (resumed from its checkpoint, the earlier one)
+    while training is None and stack.api(f"/flow_runs/{flow_run}")["state_type"] not in TERMINAL:
+        now = losses_logged(client, experiments)
+        training = next((run for run, n in now.items() if n > before.get(run, 0)), None)
+        time.sleep(0.5)
+    assert training is not None, "the training never logged"
+    mlflow_pid = json.loads((stack.repo / ".services" / "services.json").read_text())["mlflow"]
+    os.killpg(mlflow_pid, signal.SIGKILL)
+    while listening(stack.ports["mlflow"]):
+        time.sleep(0.2)
+    time.sleep(5)  # the training logs into the void meanwhile
+    assert "restarted mlflow" in run_ok(["rdm", "services", "start"], stack.repo, stack.env)
+
+    [run] = stack.wait([flow_run]).values()
+    assert run["state_type"] == "COMPLETED", run["state"]
+    history = MlflowClient(tracking_uri=stack.mlflow).get_metric_history(training, "train/loss")
+    logged = sorted(m.step for m in history)
+    assert len(logged) == len(set(logged)) == steps // every, logged  # one point every 2 steps, none lost
+
+
+def losses_logged(client: MlflowClient, experiments: list[str]) -> dict[str, int]:
+    """Run id -> how many train/loss points it holds."""
+    runs = client.search_runs(experiments)
+    return {
+        r.info.run_id: len(client.get_metric_history(r.info.run_id, "train/loss"))
+        for r in runs
+        if "train/loss" in r.data.metrics
+    }
+
+
+def test_a_run_whose_worker_dies_is_marked_crashed_and_reruns_from_the_cache(
+    stack: Stack, trained: dict
+) -> None:
+    """The worker and its flow run are killed mid-run, as when its machine is lost: the heartbeat
+    automation (infra/automations.yaml) marks the run Crashed, `rdm services start` brings the worker
+    back, and the rerun skips every stage DVC already has."""
+    import psutil
+
+    changes = {"params": {"train.max_steps": 80}}  # more than any earlier test: the training reruns
+    flow_run = stack.submit_with("train-rdm/train-rdm", changes)
+    while stack.api(f"/flow_runs/{flow_run}")["state_type"] != "RUNNING":
+        time.sleep(0.5)
+    time.sleep(5)  # into its first stages
+    worker = psutil.Process(json.loads((stack.repo / ".services" / "services.json").read_text())["worker"])
+    for process in [*worker.children(recursive=True), worker]:
+        process.kill()
+    started = time.perf_counter()
+    [crashed] = stack.wait([flow_run], timeout=300).values()
+    print(
+        f"worker killed: the run marked {crashed['state_type']} after {time.perf_counter() - started:.0f} s"
+    )
+    assert crashed["state_type"] == "CRASHED", crashed["state"]
+
+    assert "restarted worker" in run_ok(["rdm", "services", "start"], stack.repo, stack.env)
+    [rerun] = stack.wait([stack.submit_with("train-rdm/train-rdm", changes)]).values()
+    assert rerun["state_type"] == "COMPLETED", rerun["state"]
+    outcomes = {row["stage"]: row["outcome"] for row in stack.stage_outcomes()}
+    assert outcomes["prepare-training"] == outcomes["autoencoder"] == "skipped", outcomes
+    assert outcomes["train"] == "ran", outcomes

@@ -60,8 +60,10 @@ class RdmLightningModule(L.LightningModule):
         noise_offset: float = 0.0,
     ) -> None:
         super().__init__()
-        # plain values only, so checkpoints load with torch's safe (weights-only) unpickler
-        self.save_hyperparameters()
+        # plain values only, so checkpoints load with torch's safe (weights-only) unpickler; not to the
+        # logger: the run gets the whole config once, when new (stages.train.open_run), and Lightning
+        # would log these again on a resume, where MLflow refuses a changed value (max_steps)
+        self.save_hyperparameters(logger=False)
         channels, size, _ = latent_shape
         self.unet = unet_builder.build(UNetParams(**unet), channels, size, context_dim)
         self.noise_schedule = noise_schedule()
