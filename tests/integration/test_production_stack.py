@@ -2,13 +2,19 @@
 --stack postgres` in a copy of this project starts PostgreSQL from this machine's binaries, the MLflow
 server on it with its artifacts in an S3 bucket (moto's server standing in for MinIO), the Prefect
 server on it, the process pool of infra/work-pool.json, the deployments of infra/prefect.yaml and a
-`prefect worker`. The environment holds only what infra/README.md tells a user to set.
+`prefect worker`; the style source is a prefix of another bucket. The environment holds only what
+infra/README.md tells a user to set.
 
-One stack serves the module: it trains once (through the worker), then takes a load of concurrent
-runs, then a PostgreSQL restart."""
+One stack serves the module, in order: it trains once (through the worker), takes a load of concurrent
+runs while the refresh really changes a collection, a PostgreSQL restart, the MLflow server killed
+during a training, the worker killed during a training, and a DDP training on two processes. The
+trainings continue one checkpoint and one MLflow run, so each test checks the steps it added."""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import itertools
 import json
 import os
 import re
@@ -20,12 +26,17 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
 from mlflow import MlflowClient
+from PIL import Image
 
 from rdm import postgres
+from rdm.config import load_config
+from rdm.evaluation.split import classifier_ids
+from rdm.retrieval.store import style_collection
 from tests.support import clone_project, free_port, run_ok
 
 pytestmark = pytest.mark.slow
@@ -37,6 +48,7 @@ S3_CREDENTIALS = {
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+STYLES = "s3://rdm-styles/styles"  # prepare.sources.styles: the refresh reads the bucket
 
 
 class Stack:
@@ -46,9 +58,8 @@ class Stack:
         self.prefect = f"http://127.0.0.1:{ports['prefect']}/api"
         self.postgres = postgres.Postgres(data, ports["postgres"])
 
-    def bucket_keys(self, bucket: str) -> list[str]:
-        client = boto3.client("s3", endpoint_url=self.s3, **_boto_credentials())
-        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    def bucket_keys(self, bucket: str, prefix: str = "") -> list[str]:
+        pages = self.s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
     def sql(self, database: str, query: str) -> list[tuple]:
@@ -95,8 +106,29 @@ class Stack:
         with urllib.request.urlopen(f"{self.prefect}{path}", timeout=10) as response:
             return dict(json.load(response))
 
-    def collections(self) -> str:
-        return run_ok(["rdm", "collections"], self.repo, self.env)
+    def logs(self, flow_run: str) -> str:
+        """The flow run's log, as the Prefect UI shows it."""
+        lines: list[str] = []
+        while True:
+            query = {"logs": {"flow_run_id": {"any_": [flow_run]}}, "limit": 200, "offset": len(lines)}
+            request = urllib.request.Request(
+                f"{self.prefect}/logs/filter",
+                data=json.dumps(query).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                page = [entry["message"] for entry in json.load(response)]
+            lines += page
+            if len(page) < 200:
+                return "\n".join(lines)
+
+    def collections(self) -> dict[str, int]:
+        """Collection name -> points, from `rdm collections`."""
+        rows = run_ok(["rdm", "collections"], self.repo, self.env).splitlines()[1:]
+        return {row.split()[0]: int(row.split()[2]) for row in rows if row.strip()}
+
+    def s3_client(self) -> Any:
+        return boto3.client("s3", endpoint_url=self.s3, **_boto_credentials())
 
 
 def _boto_credentials() -> dict[str, str]:
@@ -122,7 +154,7 @@ def s3() -> Iterator[str]:
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
     client = boto3.client("s3", endpoint_url=endpoint, **_boto_credentials())
-    for bucket in ("mlflow", "rdm-dvc"):
+    for bucket in ("mlflow", "rdm-dvc", "rdm-styles"):
         client.create_bucket(Bucket=bucket)
     try:
         yield endpoint
@@ -151,8 +183,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3: str) -> Iterator[Stack]:
         "artifacts": "s3://mlflow/artifacts",
         "startup_timeout": 300,
     }
-    repo, env = clone_project(tmp_path, services=services, generate=ENOUGH_TO_RETRIEVE)
+    repo, env = clone_project(
+        tmp_path, services=services, generate=ENOUGH_TO_RETRIEVE, prepare={"sources": {"styles": STYLES}}
+    )
     run_ok(["dvc", "remote", "default", "s3"], repo, env)  # s3://rdm-dvc/store, as .dvc/config names it
+    run_ok(["dvc", "repro", "generate"], repo, env)
+    upload_styles(repo / "data" / "raw" / "styles", s3)
     for name in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
         env.pop(name, None)
     # what infra/README.md has a user set: S3's endpoint and credentials (DVC, boto3 and the MLflow
@@ -176,6 +212,22 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3: str) -> Iterator[Stack]:
         run_ok(["rdm", "services", "stop"], repo, env)
         shutil.rmtree(data_root, ignore_errors=True)
     assert not [name for name, port in ports.items() if listening(port)], "still listening after stop"
+
+
+def upload_styles(folder: Path, endpoint: str) -> None:
+    """The demo's style images as a bucket of a user's collection: s3://rdm-styles/styles/<style>/."""
+    client = boto3.client("s3", endpoint_url=endpoint, **_boto_credentials())
+    for path in sorted(folder.rglob("*.png")):
+        client.put_object(
+            Bucket="rdm-styles", Key=f"styles/{path.relative_to(folder)}", Body=path.read_bytes()
+        )
+
+
+def flipped(png: bytes) -> bytes:
+    """Another valid image of the same style."""
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(png)).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +260,18 @@ def test_the_worker_trains_tracks_in_postgres_and_s3_and_registers(stack: Stack,
 
 
 def test_four_batches_and_a_refresh_at_once_lose_nothing(stack: Stack, trained: dict) -> None:
+    """Four batches read the collections while the refresh swaps in a grown one: every run completes,
+    every batch is tracked, and the collection holds exactly the bucket's new images."""
     before = stack.collections()
+    client, style = stack.s3_client(), "neon"
+    keys = stack.bucket_keys("rdm-styles", f"styles/{style}/")
+    new = [flipped(client.get_object(Bucket="rdm-styles", Key=key)["Body"].read()) for key in keys[:4]]
+    for n, png in enumerate(new):
+        client.put_object(Bucket="rdm-styles", Key=f"styles/{style}/added-{n}.png", Body=png)
+    config = load_config(stack.repo / "params.yaml")
+    ids = {hashlib.sha256(png).hexdigest() for png in new}
+    kept_out = classifier_ids(ids, config.evaluate.classifier_share, config.evaluate.split_seed)
+
     started = time.perf_counter()
     batches = [stack.submit("sample-styles/sample-styles") for _ in range(4)]
     refresh = stack.submit("refresh-style-collections/refresh-style-collections")
@@ -224,7 +287,9 @@ def test_four_batches_and_a_refresh_at_once_lose_nothing(stack: Stack, trained: 
         name = f"sample-styles {runs[run_id]['name']}-{run_id[:8]}"
         [tracked] = client.search_runs(experiments, f"attributes.run_name = '{name}'")
         assert tracked.info.status == "FINISHED" and len(tracked.data.metrics) > 10, name
-    assert stack.collections() == before  # the refresh found nothing new and broke nothing
+    grown = style_collection(style)
+    expected = before | {grown: before[grown] + len(ids - kept_out)}
+    assert stack.collections() == expected  # the new images, but the classifier's share; no other change
 
 
 def test_the_stack_carries_on_after_postgres_restarts(stack: Stack, trained: dict) -> None:
@@ -278,19 +343,22 @@ def losses_logged(client: MlflowClient, experiments: list[str]) -> dict[str, int
     }
 
 
-def test_a_run_whose_worker_dies_is_marked_crashed_and_reruns_from_the_cache(
+def test_a_run_whose_worker_dies_is_marked_crashed_and_reruns_from_the_cache_and_checkpoint(
     stack: Stack, trained: dict
 ) -> None:
-    """The worker and its flow run are killed mid-run, as when its machine is lost: the heartbeat
+    """The worker and its flow run are killed mid-training, as when its machine is lost: the heartbeat
     automation (infra/automations.yaml) marks the run Crashed, `rdm services start` brings the worker
-    back, and the rerun skips every stage DVC already has."""
+    back, and the rerun skips every stage DVC already has and resumes from the killed run's checkpoint."""
     import psutil
 
-    changes = {"params": {"train.max_steps": 80}}  # more than any earlier test: the training reruns
+    client = MlflowClient(tracking_uri=stack.mlflow)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    done = last_steps(client, experiments)
+    changes = {"params": {"train.max_steps": 120, "train.checkpoint_every_n_steps": 10}}
     flow_run = stack.submit_with("train-rdm/train-rdm", changes)
-    while stack.api(f"/flow_runs/{flow_run}")["state_type"] != "RUNNING":
+    while max(last_steps(client, experiments).values()) < max(done.values()) + 26:  # a checkpoint at +20
+        assert stack.api(f"/flow_runs/{flow_run}")["state_type"] not in TERMINAL, "finished before the kill"
         time.sleep(0.5)
-    time.sleep(5)  # into its first stages
     worker = psutil.Process(json.loads((stack.repo / ".services" / "services.json").read_text())["worker"])
     for process in [*worker.children(recursive=True), worker]:
         process.kill()
@@ -307,3 +375,32 @@ def test_a_run_whose_worker_dies_is_marked_crashed_and_reruns_from_the_cache(
     outcomes = {row["stage"]: row["outcome"] for row in stack.stage_outcomes()}
     assert outcomes["prepare-training"] == outcomes["autoencoder"] == "skipped", outcomes
     assert outcomes["train"] == "ran", outcomes
+    report = json.loads((stack.repo / "reports" / "train.json").read_text())
+    assert max(done.values()) + 20 <= report["resumed_from_step"] < 120, report  # the killed run's
+
+
+def test_a_ddp_training_through_the_worker_keeps_every_metric_point(stack: Stack, trained: dict) -> None:
+    """Two CPU processes (Lightning DDP, gloo) train through the worker; rank 0 alone logs to the
+    server, and every loss point of the steps they add is there once."""
+    client = MlflowClient(tracking_uri=stack.mlflow)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    training = json.loads((stack.repo / "models" / "checkpoints" / "mlflow_run.json").read_text())["run_id"]
+    start = last_steps(client, experiments)[training]  # where the earlier trainings of this run stopped
+    changes = {"params": {"train.max_steps": 160, "train.accelerator": "cpu", "train.devices": 2}}
+    flow_run = stack.submit_with("train-rdm/train-rdm", changes)
+    [run] = stack.wait([flow_run]).values()
+    assert run["state_type"] == "COMPLETED", run["state"]
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in stack.logs(flow_run)
+    every = load_config(stack.repo / "params.yaml").train.log_every_n_steps
+    added = sorted(m.step for m in client.get_metric_history(training, "train/loss") if m.step > start)
+    # one point every `every` steps of the 40 added: none lost, none twice
+    assert len(added) == 40 // every and all(b - a == every for a, b in itertools.pairwise(added)), added
+
+
+def last_steps(client: MlflowClient, experiments: list[str]) -> dict[str, int]:
+    """Run id -> the last step its train/loss reached."""
+    return {
+        r.info.run_id: max(m.step for m in client.get_metric_history(r.info.run_id, "train/loss"))
+        for r in client.search_runs(experiments)
+        if "train/loss" in r.data.metrics
+    }

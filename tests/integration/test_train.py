@@ -159,14 +159,20 @@ def test_a_killed_training_resumes_its_steps_and_its_mlflow_run(pipeline: tuple[
     assert killed_at >= 8, "no checkpoint was written before the deadline"
     run_id = json.loads((root / "models" / "ckpt-kill" / "mlflow_run.json").read_text())["run_id"]
 
-    short = write_params(
-        root, "short.yaml", train={"max_steps": killed_at + 8, "checkpoints": "models/ckpt-kill"}
-    )
+    # another checkpoint interval too: Lightning's checkpoint callback then restores no state of its own
+    resumed_settings = {
+        "max_steps": killed_at + 8,
+        "checkpoint_every_n_steps": 3,
+        "checkpoints": "models/ckpt-kill",
+    }
+    short = write_params(root, "short.yaml", train=resumed_settings)
     resumed = rdm(root, "--params", str(short), "train")
     output, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, output[-3000:]
     report = json.loads((root / "reports" / "train.json").read_text())
     assert report["resumed_from_step"] >= killed_at and report["steps"] == killed_at + 8
+    assert sorted(p.name for p in checkpoint.parent.glob("*.ckpt")) == ["last.ckpt"]  # no last-v1.ckpt
+    assert torch.load(checkpoint, map_location="cpu", weights_only=True)["global_step"] == killed_at + 8
 
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     assert json.loads((root / "models" / "ckpt-kill" / "mlflow_run.json").read_text())["run_id"] == run_id

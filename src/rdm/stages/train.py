@@ -177,11 +177,14 @@ def trainer_for(params: TrainParams, callbacks: list[L.Callback], logger: Any, p
         default_root_dir=params.checkpoints,
         callbacks=[
             ema_averaging(params.ema_decay),
+            # always last.ckpt: a resume that changed checkpoint_every_n_steps gets a callback of
+            # another state key, whose version counter would otherwise save to last-v1.ckpt
             ModelCheckpoint(
                 dirpath=params.checkpoints,
                 every_n_train_steps=params.checkpoint_every_n_steps,
                 save_last=True,
                 save_top_k=0,
+                enable_version_counter=False,
             ),
             ThroughputMonitor(
                 batch_size_fn=lambda batch: batch["latent"].shape[0], window_size=20, separator="/"
@@ -318,7 +321,7 @@ def fit(
         state = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
     else:
-        trainer.fit(module, data, ckpt_path="last" if resume else None)
+        trainer.fit(module, data, ckpt_path=checkpoints / "last.ckpt" if resume else None)
     return start_step
 
 
