@@ -2,8 +2,8 @@
 
 Reads the cached latents (or encodes the training images), each image's CLIP embedding and its
 neighbours' embeddings; trains with EMA weights, gradient clipping and checkpoints every
-`train.checkpoint_every_n_steps`; writes the EMA model to `train.out` as a self-contained folder;
-logs it to the MLflow run and registers it (`rdm`, alias `latest`).
+`train.checkpoint_every_n_steps` and at the last step; writes the EMA model to `train.out` as a
+self-contained folder; logs it to the MLflow run and registers it (`rdm`, alias `latest`).
 
 A killed run resumes from `train.checkpoints/last.ckpt` with its step count and its MLflow run. A
 checkpoint made with other settings or data is never resumed: it is set aside and training starts over.
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from rdm.artifacts import autoencoder as autoencoder_folder
 from rdm.artifacts.autoencoder import AutoencoderCard
@@ -153,8 +154,32 @@ def ema_averaging(decay: float) -> L.Callback:
     return WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(decay))
 
 
+class LastCheckpoint(ModelCheckpoint):
+    """`last.ckpt` every `every_n_train_steps` and at the final step, always under that name.
+
+    Lightning saves the last step only if no checkpoint was saved before, and then after the EMA
+    callback has copied the averaged weights over the trained ones, so a rerun would resume from the
+    EMA weights. A resume that changed the interval gets a callback of another state key, whose
+    version counter would write `last-v1.ckpt`: the counter is off.
+    """
+
+    def __init__(self, dirpath: str, every_n_train_steps: int) -> None:
+        super().__init__(
+            dirpath=dirpath,
+            every_n_train_steps=every_n_train_steps,
+            save_last=True,
+            save_top_k=0,
+            enable_version_counter=False,
+        )
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        super().on_train_batch_end(trainer, *args, **kwargs)
+        if trainer.global_step == trainer.max_steps and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
 def trainer_for(params: TrainParams, callbacks: list[L.Callback], logger: Any, progress: bool) -> L.Trainer:
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
+    from lightning.pytorch.callbacks import LearningRateMonitor, ThroughputMonitor
 
     on_gpu = params.accelerator == "gpu" or (params.accelerator == "auto" and torch.cuda.is_available())
     precision = params.precision if params.precision != "auto" else ("bf16-mixed" if on_gpu else "32-true")
@@ -177,15 +202,7 @@ def trainer_for(params: TrainParams, callbacks: list[L.Callback], logger: Any, p
         default_root_dir=params.checkpoints,
         callbacks=[
             ema_averaging(params.ema_decay),
-            # always last.ckpt: a resume that changed checkpoint_every_n_steps gets a callback of
-            # another state key, whose version counter would otherwise save to last-v1.ckpt
-            ModelCheckpoint(
-                dirpath=params.checkpoints,
-                every_n_train_steps=params.checkpoint_every_n_steps,
-                save_last=True,
-                save_top_k=0,
-                enable_version_counter=False,
-            ),
+            LastCheckpoint(dirpath=params.checkpoints, every_n_train_steps=params.checkpoint_every_n_steps),
             ThroughputMonitor(
                 batch_size_fn=lambda batch: batch["latent"].shape[0], window_size=20, separator="/"
             ),
