@@ -8,7 +8,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install install-dev demo services services-stop test test-fast lint format clean
+.PHONY: install install-dev demo services services-stop test test-all lint format clean
 
 install: $(STAMP)
 install-dev: $(DEV_STAMP)
@@ -60,11 +60,11 @@ services: install  ## Prefect + MLflow servers on 127.0.0.1 and the three deploy
 services-stop:  ## stop what `make services` started
 	rdm services stop
 
-test: install-dev  ## the whole suite, slow end-to-end tests included (what CI runs)
-	pytest
+test: install-dev  ## the suite; the slow end-to-end tests too where CI is set (as in .ci/run), or with test-all
+	pytest $(if $(CI),,-m "not slow")
 
-test-fast: install-dev
-	pytest -m "not slow"
+test-all: install-dev  ## the whole suite, slow end-to-end tests included (what CI runs)
+	pytest
 
 lint: install-dev  ## ruff, mypy, and the architecture's import contracts (docs/architecture.md)
 	ruff check src flows tests

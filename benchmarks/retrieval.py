@@ -1,10 +1,12 @@
 """Retrieval speed and quality of the embedded store, against exact numpy and qdrant-client's
-local mode, all measured in this run on the same clustered vectors.
+local mode, and of the neighbors stage's exact and IVF-PQ searches, all measured in this run on the
+same clustered vectors.
 
-    python benchmarks/retrieval.py [--points 100000] [--dim 512] [-k 19]
+    python benchmarks/retrieval.py [--points 100000] [--dim 512] [-k 19] [--neighbors-only]
 
-Prints progress, then one JSON object as the last line:
-points, k, p50_ms, p99_ms, recall, numpy_exact_p50_ms, qdrant_local_p50_ms, neighbors_qps.
+Prints progress, then one JSON object as the last line: points, k, p50_ms, p99_ms, recall,
+numpy_exact_p50_ms, qdrant_local_p50_ms (these left out with --neighbors-only), neighbors_qps,
+ivfpq_build_s, ivfpq_qps, ivfpq_recall.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 
 from rdm.artifacts.clip import ClipCard
 from rdm.config import StoreParams
+from rdm.retrieval.approximate import IvfPq, build_index, ivfpq_neighbors, recall_at_k
 from rdm.retrieval.backends import open_store
 from rdm.retrieval.neighbors import exact_neighbors
 from rdm.retrieval.server import ServerStore
@@ -55,27 +58,22 @@ def main() -> None:
     data = clustered(args.points + args.queries, args.dim)
     database, queries = data[: args.points], data[args.points :]
     card = ClipCard(model="bench", source="random", embed_dim=args.dim, fingerprint="bench")
-    truth = np.argsort(-(queries @ database.T), axis=1)[:, : args.k]
-
-    edge_ms, recall = measure_edge(database, queries, truth, card, args.k)
-    numpy_ms = measure_numpy_exact(database, queries, args.k)
-    local_ms = measure_qdrant_local(database, queries[: args.local_queries], card, args.k)
-    neighbors_qps = measure_neighbors(database, args.neighbor_queries, args.k)
-
-    print(
-        json.dumps(
-            {
-                "points": args.points,
-                "k": args.k,
-                "p50_ms": round(float(np.percentile(edge_ms, 50)), 4),
-                "p99_ms": round(float(np.percentile(edge_ms, 99)), 4),
-                "recall": round(recall, 4),
-                "numpy_exact_p50_ms": round(float(np.percentile(numpy_ms, 50)), 4),
-                "qdrant_local_p50_ms": round(float(np.percentile(local_ms, 50)), 4),
-                "neighbors_qps": round(neighbors_qps, 1),
-            }
-        )
-    )
+    result: dict[str, float] = {"points": args.points, "k": args.k}
+    if not args.neighbors_only:
+        truth = np.argsort(-(queries @ database.T), axis=1)[:, : args.k]
+        edge_ms, recall = measure_edge(database, queries, truth, card, args.k)
+        numpy_ms = measure_numpy_exact(database, queries, args.k)
+        local_ms = measure_qdrant_local(database, queries[: args.local_queries], card, args.k)
+        result |= {
+            "p50_ms": round(float(np.percentile(edge_ms, 50)), 4),
+            "p99_ms": round(float(np.percentile(edge_ms, 99)), 4),
+            "recall": round(recall, 4),
+            "numpy_exact_p50_ms": round(float(np.percentile(numpy_ms, 50)), 4),
+            "qdrant_local_p50_ms": round(float(np.percentile(local_ms, 50)), 4),
+        }
+    neighbors_qps, exact = measure_neighbors(database, args.neighbor_queries, args.k)
+    result |= {"neighbors_qps": round(neighbors_qps, 1)} | measure_ivfpq(database, exact, args.k)
+    print(json.dumps(result))
 
 
 def parse_args() -> argparse.Namespace:
@@ -88,6 +86,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--local-queries", type=int, default=20, help="qdrant-client local mode is slow")
     parser.add_argument("--neighbor-queries", type=int, default=10_000)
+    parser.add_argument(
+        "--neighbors-only", action="store_true", help="only the neighbors stage's searches (no store)"
+    )
     return parser.parse_args()
 
 
@@ -137,14 +138,31 @@ def measure_qdrant_local(database: np.ndarray, queries: np.ndarray, card: ClipCa
     return local_ms
 
 
-def measure_neighbors(database: np.ndarray, queries: int, k: int) -> float:
-    """Queries per second of the neighbors stage's exact search, the first `queries` vectors against all."""
+def measure_neighbors(database: np.ndarray, queries: int, k: int) -> tuple[float, np.ndarray]:
+    """Queries per second of the neighbors stage's exact search, the first `queries` vectors against
+    all, and its answer (Q, k)."""
     bulk = database[:queries]
     started = time.perf_counter()
-    exact_neighbors(bulk, database, k, duplicate_threshold=0.999, batch_size=1024)
+    found = exact_neighbors(bulk, database, k, duplicate_threshold=0.999, batch_size=1024)
     neighbors_qps = len(bulk) / (time.perf_counter() - started)
     print(f"neighbors (exact torch matmul): {neighbors_qps:.0f} queries/s against {len(database)}")
-    return neighbors_qps
+    return neighbors_qps, found.indices
+
+
+def measure_ivfpq(database: np.ndarray, exact: np.ndarray, k: int) -> dict[str, float]:
+    """The neighbors stage's IVF-PQ search at its defaults: index build time, queries per second
+    (memory-mapped index, exact re-scoring) and recall@k against the exact answer for the same queries."""
+    settings = IvfPq()
+    started = time.perf_counter()
+    build_index(database, settings, progress=True)
+    build_s = time.perf_counter() - started
+    started = time.perf_counter()  # this builds the index again, then searches: the stage's own cost
+    found = ivfpq_neighbors(database[: len(exact)], database, k, settings, duplicate_threshold=0.999)
+    search_s = time.perf_counter() - started - build_s
+    recall = recall_at_k(found.indices, exact)
+    qps = len(exact) / max(search_s, 1e-9)
+    print(f"neighbors (ivfpq): build {build_s:.1f} s, {qps:.0f} queries/s, recall@{k} {recall:.4f}")
+    return {"ivfpq_build_s": round(build_s, 1), "ivfpq_qps": round(qps, 1), "ivfpq_recall": round(recall, 4)}
 
 
 if __name__ == "__main__":

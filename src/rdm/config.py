@@ -208,6 +208,19 @@ class NeighborsParams(Section):
     metrics: str = "reports/neighbors.json"
     batch_size: PositiveInt = 1024
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    method: Literal["exact", "ivfpq"] = "exact"
+    """exact: every query scored against all of D_train (the default, and the GPU path); ivfpq: a
+    faiss IVF-PQ index of D_train, its candidates re-scored exactly, for databases of millions."""
+    ivf_lists: PositiveInt | None = None
+    """ivfpq: inverted lists; null means 4 x sqrt(N), as autofaiss sizes them."""
+    code_bytes: PositiveInt = 64
+    """ivfpq: bytes per vector (product-quantiser sub-vectors); must divide the embedding size."""
+    nprobe: PositiveInt = 32
+    """ivfpq: lists searched per query: recall against time."""
+    rerank: PositiveInt = 4
+    """ivfpq: candidates per neighbour re-scored with the stored vectors."""
+    recall_queries: PositiveInt = 1000
+    """ivfpq: queries also answered exactly, for the recall@k the stage reports."""
 
 
 class AutoencoderParams(Section):
