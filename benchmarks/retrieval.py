@@ -2,11 +2,13 @@
 local mode, and of the neighbors stage's exact and IVF-PQ searches, all measured in this run on the
 same clustered vectors.
 
-    python benchmarks/retrieval.py [--points 100000] [--dim 512] [-k 19] [--neighbors-only]
+    python benchmarks/retrieval.py [--points 100000] [--dim 512] [-k 19] [--quantization int8]
+                                   [--neighbors-only] [--store-only]
 
 Prints progress, then one JSON object as the last line: points, k, p50_ms, p99_ms, recall,
-numpy_exact_p50_ms, qdrant_local_p50_ms (these left out with --neighbors-only), neighbors_qps,
-ivfpq_build_s, ivfpq_qps, ivfpq_recall.
+build_s, disk_gb, rss_added_gb, numpy_exact_p50_ms, qdrant_local_p50_ms (these left out with
+--neighbors-only), neighbors_qps, ivfpq_build_s, ivfpq_qps, ivfpq_recall (left out with --store-only).
+qdrant-client's local mode is left out above 200,000 points, where it takes minutes a query.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import json
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
+import psutil
 
 from rdm.artifacts.clip import ClipCard
 from rdm.config import StoreParams
@@ -61,18 +65,21 @@ def main() -> None:
     result: dict[str, float] = {"points": args.points, "k": args.k}
     if not args.neighbors_only:
         truth = np.argsort(-(queries @ database.T), axis=1)[:, : args.k]
-        edge_ms, recall = measure_edge(database, queries, truth, card, args.k)
+        edge_ms, recall, edge = measure_edge(database, queries, truth, card, args.k, args.quantization)
         numpy_ms = measure_numpy_exact(database, queries, args.k)
-        local_ms = measure_qdrant_local(database, queries[: args.local_queries], card, args.k)
+        if args.points <= 200_000:
+            local_ms = measure_qdrant_local(database, queries[: args.local_queries], card, args.k)
+            result["qdrant_local_p50_ms"] = round(float(np.percentile(local_ms, 50)), 4)
         result |= {
             "p50_ms": round(float(np.percentile(edge_ms, 50)), 4),
             "p99_ms": round(float(np.percentile(edge_ms, 99)), 4),
             "recall": round(recall, 4),
+            **edge,
             "numpy_exact_p50_ms": round(float(np.percentile(numpy_ms, 50)), 4),
-            "qdrant_local_p50_ms": round(float(np.percentile(local_ms, 50)), 4),
         }
-    neighbors_qps, exact = measure_neighbors(database, args.neighbor_queries, args.k)
-    result |= {"neighbors_qps": round(neighbors_qps, 1)} | measure_ivfpq(database, exact, args.k)
+    if not args.store_only:
+        neighbors_qps, exact = measure_neighbors(database, args.neighbor_queries, args.k)
+        result |= {"neighbors_qps": round(neighbors_qps, 1)} | measure_ivfpq(database, exact, args.k)
     print(json.dumps(result))
 
 
@@ -86,22 +93,32 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--local-queries", type=int, default=20, help="qdrant-client local mode is slow")
     parser.add_argument("--neighbor-queries", type=int, default=10_000)
+    parser.add_argument("--quantization", choices=["none", "int8"], default="none", help="the store's")
     parser.add_argument(
         "--neighbors-only", action="store_true", help="only the neighbors stage's searches (no store)"
     )
+    parser.add_argument("--store-only", action="store_true", help="only the store (no neighbors stage)")
     return parser.parse_args()
 
 
 def measure_edge(
-    database: np.ndarray, queries: np.ndarray, truth: np.ndarray, card: ClipCard, k: int
-) -> tuple[np.ndarray, float]:
-    """The embedded store's warm latencies (ms per query) and its recall@k against the exact `truth`."""
+    database: np.ndarray, queries: np.ndarray, truth: np.ndarray, card: ClipCard, k: int, quantization: str
+) -> tuple[np.ndarray, float, dict[str, float]]:
+    """The embedded store's warm latencies (ms per query), its recall@k against the exact `truth`,
+    its build time, size on disk, and the resident memory the open store added to this process."""
     points, dim = database.shape
     with tempfile.TemporaryDirectory() as folder:
-        params = StoreParams(backend="edge", path=folder, exact_below=10_000)
+        params = StoreParams(backend="edge", path=folder, exact_below=10_000, quantization=quantization)
+        before = psutil.Process().memory_info().rss
         with open_store(params) as edge:
             build_s = fill(edge, database, card)
-            print(f"edge: upsert + HNSW build of {points} x {dim} in {build_s:.1f} s")
+            edge.query("bench", queries[:1], k)  # open for searching, as a reader would
+            added_gb = (psutil.Process().memory_info().rss - before) / 1e9
+            disk_gb = sum(p.stat().st_blocks * 512 for p in Path(folder).rglob("*") if p.is_file()) / 1e9
+            print(
+                f"edge ({quantization}): upsert + HNSW build of {points} x {dim} in {build_s:.1f} s, "
+                f"{disk_gb:.2f} GB on disk, {added_gb:.2f} GB resident added"
+            )
             cold_ms = latencies_ms(lambda q: edge.query("bench", q[None], k), queries)
             edge_ms = latencies_ms(lambda q: edge.query("bench", q[None], k), queries)  # warm: pages cached
             hits = [edge.query("bench", q[None], k)[0] for q in queries]
@@ -111,7 +128,11 @@ def measure_edge(
         f"edge: p50 {np.percentile(edge_ms, 50):.3f} ms, p99 {np.percentile(edge_ms, 99):.3f} ms, "
         f"recall@{k} {recall:.4f} (first, cold pass: p50 {np.percentile(cold_ms, 50):.3f} ms)"
     )
-    return edge_ms, recall
+    return (
+        edge_ms,
+        recall,
+        {"build_s": round(build_s, 1), "disk_gb": round(disk_gb, 2), "rss_added_gb": round(added_gb, 2)},
+    )
 
 
 def measure_numpy_exact(database: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:

@@ -188,6 +188,10 @@ class StoreParams(Section):
     hnsw_ef_construct: Annotated[int, Field(ge=8)] = 100
     hnsw_ef: Annotated[int, Field(ge=8)] = 64
     """Candidates kept while searching the graph: recall@19 0.9998 at 100k x 512 (benchmarks/retrieval.py)."""
+    quantization: Literal["none", "int8"] = "none"
+    """int8: the vectors also held as int8 scalars (a quarter of float32's memory), which the graph
+    search scores; the best `quantization_oversampling` x k are re-scored from the float32 vectors."""
+    quantization_oversampling: Annotated[float, Field(ge=1.0)] = 2.0
     version_max_age_s: PositiveInt = 3600
     """Edge: a superseded version is removed once no reader is copying it; one a reader still holds is
     removed anyway this long after the first attempt (that reader, stuck, retries with the new one)."""

@@ -129,6 +129,27 @@ def test_hnsw_above_the_threshold_keeps_recall(store: VectorStore) -> None:
     assert recall >= 0.95
 
 
+def test_edge_int8_quantization_searches_int8_vectors_and_rescores_them(tmp_path: Path) -> None:
+    centres = np.random.default_rng(1).normal(size=(40, 16))
+    rng = np.random.default_rng(2)
+    vectors = unit(centres[rng.integers(0, 40, 3000)] + 0.3 * rng.normal(size=(3000, 16)))
+    ids = [f"{i:064x}" for i in range(3000)]
+    with edge_with(tmp_path, exact_below=1000, quantization="int8") as store:
+        store.ensure("big", CARD)
+        store.upsert("big", ids, vectors, [{"id": i} for i in ids])
+        store.finish("big")
+        assert store.indexed_points("big") == 3000
+        assert list((tmp_path / "qdrant").rglob("quantized.data")), "no int8 vectors were written"
+        queries = unit(rng.normal(size=(50, 16)))
+        hits = store.query("big", queries, k=19)
+    sims = queries @ vectors.T
+    exact = np.argsort(-sims, axis=1)[:, :19]
+    found = [[int(h.id, 16) for h in row] for row in hits]
+    assert np.mean([len(set(f) & set(t)) / 19 for f, t in zip(found, exact.tolist(), strict=True)]) >= 0.95
+    # the scores are the float32 vectors' (re-scored), not the int8 estimate
+    np.testing.assert_allclose([h.score for h in hits[0]], sims[0, found[0]], atol=1e-5)
+
+
 def test_edge_collection_reopens_in_another_process(tmp_path: Path) -> None:
     params = StoreParams(backend="edge", path=str(tmp_path / "qdrant"))
     ids, vectors, payloads = points(25)

@@ -41,9 +41,12 @@ from qdrant_edge import (
     EdgeVectorParams,
     HnswIndexConfig,
     Point,
+    QuantizationSearchParams,
     Query,
     QueryBatchRequest,
     QueryRequest,
+    ScalarQuantizationConfig,
+    ScalarType,
     ScrollRequest,
     SearchParams,
     UpdateOperation,
@@ -157,6 +160,11 @@ class EdgeStore(VectorStore):
                 full_scan_threshold=threshold_kb,
             ),
             optimizers=EdgeOptimizersConfig(indexing_threshold=threshold_kb),
+            quantization_config=(
+                ScalarQuantizationConfig(type=ScalarType.Int8, quantile=0.99, always_ram=True)
+                if self.params.quantization == "int8"
+                else None
+            ),
         )
 
     def indexed_points(self, name: str) -> int:
@@ -418,7 +426,13 @@ class EdgeStore(VectorStore):
     def query(self, name: str, vectors: np.ndarray, k: int, with_vectors: bool = False) -> list[list[Hit]]:
         shard = self._shard(name)
         search = SearchParams(
-            hnsw_ef=max(self.params.hnsw_ef, k), exact=self._exact(self._points(name, shard))
+            hnsw_ef=max(self.params.hnsw_ef, k),
+            exact=self._exact(self._points(name, shard)),
+            quantization=(
+                QuantizationSearchParams(rescore=True, oversampling=self.params.quantization_oversampling)
+                if self.params.quantization == "int8"
+                else None
+            ),
         )
         requests = [
             QueryRequest(

@@ -92,6 +92,15 @@ class ServerStore(VectorStore):
                 ef_construct=self.params.hnsw_ef_construct,
                 full_scan_threshold=self.params.exact_below,
             ),
+            quantization_config=(
+                models.ScalarQuantization(
+                    scalar=models.ScalarQuantizationConfig(
+                        type=models.ScalarType.INT8, quantile=0.99, always_ram=True
+                    )
+                )
+                if self.params.quantization == "int8"
+                else None
+            ),
             metadata={"clip_model": card.model, "clip_fingerprint": card.fingerprint},
         )
         if self.url != ":memory:":  # the local stand-in ignores payload indexes (and warns)
@@ -173,7 +182,15 @@ class ServerStore(VectorStore):
 
     def query(self, name: str, vectors: np.ndarray, k: int, with_vectors: bool = False) -> list[list[Hit]]:
         search = models.SearchParams(
-            hnsw_ef=max(self.params.hnsw_ef, k), exact=self._exact(self.client.count(name, exact=False).count)
+            hnsw_ef=max(self.params.hnsw_ef, k),
+            exact=self._exact(self.client.count(name, exact=False).count),
+            quantization=(
+                models.QuantizationSearchParams(
+                    rescore=True, oversampling=self.params.quantization_oversampling
+                )
+                if self.params.quantization == "int8"
+                else None
+            ),
         )
         requests = [
             models.QueryRequest(
