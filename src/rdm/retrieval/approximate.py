@@ -51,8 +51,6 @@ def ivfpq_neighbors(
 ) -> Neighbors:
     """queries (Q, D), database (N, D), both L2-normalised -> the k best per query below the
     threshold among the index's candidates."""
-    import faiss
-
     n, dim = database.shape
     if n < MIN_DATABASE:
         raise UserError(
@@ -65,10 +63,25 @@ def ivfpq_neighbors(
             "pick a divisor (e.g. 32 or 64 for 512 or 768)"
         )
     index = build_index(database, settings, progress)
+    return search_index(index, queries, database, k, settings, duplicate_threshold, progress)
+
+
+def search_index(
+    index: faiss.IndexIVFPQ,
+    queries: np.ndarray,
+    database: np.ndarray,
+    k: int,
+    settings: IvfPq,
+    duplicate_threshold: float = 1.01,
+    progress: bool = False,
+) -> Neighbors:
+    """The k best of `index`'s candidates per query, re-scored against `database`; the index is
+    written to a file and searched memory-mapped, as one too large for memory would be."""
+    import faiss
+
     with tempfile.TemporaryDirectory(prefix="rdm-ivfpq-") as folder:
         path = Path(folder) / "d_train.faiss"
         faiss.write_index(index, str(path))
-        del index
         mapped = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
         faiss.extract_index_ivf(mapped).nprobe = settings.nprobe
         return _search(mapped, queries, database, k, settings, duplicate_threshold, progress)
@@ -83,7 +96,10 @@ def build_index(database: np.ndarray, settings: IvfPq, progress: bool) -> faiss.
     index = faiss.IndexIVFPQ(
         faiss.IndexFlatIP(dim), dim, lists, settings.code_bytes, 8, faiss.METRIC_INNER_PRODUCT
     )
-    sample = np.sort(np.random.default_rng(0).choice(n, min(n, settings.train_points), replace=False))
+    # faiss asks for 39 points or more per list; 40 of them, or `train_points` if that is more
+    sample = np.sort(
+        np.random.default_rng(0).choice(n, min(n, max(settings.train_points, 40 * lists)), replace=False)
+    )
     index.train(np.ascontiguousarray(database[sample], dtype=np.float32))
     for start in tqdm(range(0, n, settings.block), desc="ivfpq index", unit="block", disable=not progress):
         index.add(np.ascontiguousarray(database[start : start + settings.block], dtype=np.float32))
