@@ -1,12 +1,18 @@
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
-from rdm.config import NeighborsParams
+from rdm.artifacts.clip import WEIGHTS, ClipCard, write_card
+from rdm.artifacts.embeddings import VectorChunks
+from rdm.artifacts.manifest import Record, write_manifest
+from rdm.artifacts.neighbors import read_neighbors
+from rdm.config import EmbedParams, NeighborsParams
 from rdm.errors import UserError
-from rdm.retrieval.approximate import IvfPq, ivfpq_neighbors, recall_at_k
+from rdm.retrieval.approximate import IvfPq, exact_top_k, ivfpq_neighbors, recall_at_k
 from rdm.retrieval.neighbors import exact_neighbors
+from rdm.stages import neighbors as neighbors_stage
 from rdm.stages.neighbors import approximate_recall, find_neighbors
 
 
@@ -83,3 +89,66 @@ def test_ivfpq_refuses_small_databases_and_code_sizes_that_do_not_divide() -> No
 
 def test_recall_at_k_counts_shared_neighbours() -> None:
     assert recall_at_k(np.array([[1, 2, 3], [4, 5, 6]]), np.array([[3, 2, 9], [7, 8, 9]])) == 2 / 6
+
+
+def test_exact_top_k_by_blocks_equals_exact_neighbours() -> None:
+    data = clustered(5_000, 32, seed=4)
+    queries, database = data[:40].copy(), data[40:]
+    queries[5] = database[123]  # dropped as a near-duplicate by both
+    expected = exact_neighbors(queries, database, k=7, duplicate_threshold=0.99).indices
+    np.testing.assert_array_equal(exact_top_k(queries, database, 7, 0.99, block=300), expected)
+
+
+def test_vectors_to_file_streams_the_chunks_in_the_asked_order(tmp_path: Path) -> None:
+    card = ClipCard(model="m", source="s", embed_dim=4, fingerprint="f")
+    chunks = VectorChunks(tmp_path / "d_train", card)
+    vectors = unit(np.random.default_rng(5).normal(size=(10, 4)))
+    ids = [f"id{n}" for n in range(10)]
+    chunks.append(ids[:6], vectors[:6])
+    chunks.append(ids[4:], vectors[4:] * -1)  # ids 4 and 5 again: the first occurrence is kept
+    wanted = ids[::-1]
+    mapped = chunks.vectors_to_file(wanted, tmp_path / "v.npy")
+    assert isinstance(mapped, np.memmap)
+    np.testing.assert_array_equal(mapped, chunks.vectors_for(wanted))
+    with pytest.raises(UserError, match="1 images have no embedding"):
+        chunks.vectors_to_file([*ids, "absent"], tmp_path / "w.npy")
+
+
+def test_the_stage_finds_ivfpq_neighbours_from_memory_mapped_vectors_and_reports_recall(
+    tmp_path: Path,
+) -> None:
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    (clip / WEIGHTS).write_bytes(b"weights")
+    card = write_card(clip, "m", "test", embed_dim=32)
+    data = clustered(13_000, 32, seed=6)
+    splits = {"train": (data[:1000], 0), "d_train": (data[1000:], 1000)}
+    for split, (vectors, offset) in splits.items():
+        ids = [f"{n + offset:064x}" for n in range(len(vectors))]
+        records = [Record(i, split, f"{i}.png", "here", None, None, None, 8, 8) for i in ids]
+        write_manifest(records, tmp_path / "prepared" / f"{split}.parquet")
+        VectorChunks(tmp_path / "embeddings" / split, card).append(ids, vectors)
+    embed = EmbedParams(out=str(tmp_path / "embeddings"))
+
+    def neighbours(method: str) -> tuple[dict, pa.Table]:
+        out = tmp_path / method / "train.parquet"
+        params = NeighborsParams(
+            k=4,
+            method=method,
+            code_bytes=8,
+            out=str(out),
+            metrics=str(tmp_path / f"{method}.json"),
+            device="cpu",
+        )
+        report = neighbors_stage.run(params, embed, clip, tmp_path / "prepared", progress=False)
+        assert [p.name for p in out.parent.iterdir()] == [
+            "train.parquet"
+        ]  # the memory-mapped copies are gone
+        return report, read_neighbors(out)[0]
+
+    report, approximate = neighbours("ivfpq")
+    _, exact = neighbours("exact")
+    assert report["method"] == "ivfpq" and report["recall_queries"] == 1000
+    found, truth = approximate.column("neighbor_ids").to_pylist(), exact.column("neighbor_ids").to_pylist()
+    shared = sum(len(set(f) & set(t)) for f, t in zip(found, truth, strict=True)) / (4 * len(truth))
+    assert report["recall_at_k"] == pytest.approx(shared, abs=1e-4) and shared >= 0.9

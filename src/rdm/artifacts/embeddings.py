@@ -73,6 +73,30 @@ class VectorChunks:
             )
         return stored[[position[i] for i in ids]]
 
+    def vectors_to_file(self, ids: Sequence[str], path: Path) -> np.ndarray:
+        """(len(ids), D) vectors in the order of `ids`, copied chunk by chunk into the `.npy` file
+        `path` and returned memory-mapped: a split larger than memory never lies in it whole."""
+        position = {str(i): n for n, i in enumerate(ids)}
+        out = np.lib.format.open_memmap(
+            path, mode="w+", dtype=np.float32, shape=(len(ids), self.card.embed_dim)
+        )
+        filled = np.zeros(len(ids), dtype=bool)
+        for chunk in self._chunks():
+            with np.load(chunk) as data:
+                rows = np.array([position.get(str(i), -1) for i in data["ids"]], dtype=np.int64)
+                wanted = (rows >= 0) & ~filled[np.maximum(rows, 0)]  # first occurrence, as read_all
+                out[rows[wanted]] = data["vectors"][wanted]
+                filled[rows[wanted]] = True
+        out.flush()
+        del out
+        if not filled.all():
+            missing = ids[int(np.argmin(filled))]
+            raise UserError(
+                f"{self.folder}: {int((~filled).sum())} images have no embedding (e.g. {missing}); "
+                "run `dvc repro embed-training embed-styles` (or `rdm embed`)"
+            )
+        return np.load(path, mmap_mode="r")
+
 
 def read_vectors(folder: Path, card: ClipCard, ids: Sequence[str]) -> np.ndarray:
     """(len(ids), D) vectors of `ids` from a folder of this CLIP's vectors, read only: unlike

@@ -141,6 +141,29 @@ def _search(
     )
 
 
+def exact_top_k(
+    queries: np.ndarray, database: np.ndarray, k: int, duplicate_threshold: float = 1.01, block: int = 65_536
+) -> np.ndarray:
+    """(Q, k) rows of the exact best per query below the threshold, best first, reading `database`
+    a block at a time: the reference recall is measured against, for a memory-mapped D_train."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)  # (Q, D)
+    best_rows = np.empty((len(q), 0), dtype=np.int64)
+    best_scores = np.empty((len(q), 0), dtype=np.float32)
+    for start in range(0, len(database), block):
+        sims = q @ np.asarray(database[start : start + block], dtype=np.float32).T  # (Q, B)
+        sims[sims >= duplicate_threshold] = -np.inf
+        rows = np.concatenate(
+            [best_rows, np.broadcast_to(np.arange(start, start + sims.shape[1]), sims.shape)], 1
+        )
+        scores = np.concatenate([best_scores, sims], axis=1)
+        keep = (
+            np.argpartition(-scores, k - 1, axis=1)[:, :k] if scores.shape[1] > k else np.argsort(-scores, 1)
+        )
+        best_rows, best_scores = np.take_along_axis(rows, keep, 1), np.take_along_axis(scores, keep, 1)
+    order = np.argsort(-best_scores, axis=1, kind="stable")
+    return np.take_along_axis(best_rows, order, axis=1)
+
+
 def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
     """Share of the exact top-k (Q, k) that the approximate top-k (Q, k) holds, over all queries."""
     hits = sum(len(set(a) & set(e)) for a, e in zip(found.tolist(), exact.tolist(), strict=True))

@@ -4,20 +4,22 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from rdm.artifacts.clip import read_card
+from rdm.artifacts.clip import ClipCard, read_card
 from rdm.artifacts.embeddings import VectorChunks
 from rdm.artifacts.manifest import read_manifest
 from rdm.artifacts.neighbors import NeighborsMeta, write_neighbors
 from rdm.config import EmbedParams, NeighborsParams
 from rdm.devices import resolve_device
 from rdm.files import write_json
-from rdm.retrieval.approximate import IvfPq, ivfpq_neighbors, recall_at_k
+from rdm.retrieval.approximate import IvfPq, exact_top_k, ivfpq_neighbors, recall_at_k
 from rdm.retrieval.neighbors import Neighbors, exact_neighbors
 
 
@@ -27,11 +29,13 @@ def run(
     card = read_card(clip_dir)
     train = read_manifest(prepared / "train.parquet")
     d_train = read_manifest(prepared / "d_train.parquet")
-    queries = VectorChunks(Path(embed.out) / "train", card).vectors_for(list(train["id"]))
-    database = VectorChunks(Path(embed.out) / "d_train", card).vectors_for(list(d_train["id"]))
-    started = time.perf_counter()
-    found = find_neighbors(params, queries, database, progress)
-    seconds = time.perf_counter() - started
+    Path(params.out).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".vectors-", dir=Path(params.out).parent) as scratch:
+        queries, database = _vectors(params, embed, card, train, d_train, Path(scratch))
+        started = time.perf_counter()
+        found = find_neighbors(params, queries, database, progress)
+        seconds = time.perf_counter() - started
+        recall = approximate_recall(params, queries, database, found) if params.method == "ivfpq" else {}
     db_ids = d_train["id"].to_numpy()
     meta = NeighborsMeta(params.k, card.fingerprint, params.duplicate_threshold)
     write_neighbors(Path(params.out), train["id"].tolist(), db_ids[found.indices], found.scores, meta)
@@ -45,8 +49,7 @@ def run(
         "method": params.method,
         "seconds": round(seconds, 2),
     }
-    if params.method == "ivfpq":
-        report |= approximate_recall(params, queries, database, found)
+    report |= recall
     write_json(Path(params.metrics), report)
     print(
         f"neighbors: {params.k} neighbours for {len(train)} training images from {len(d_train)} in D_train "
@@ -55,6 +58,26 @@ def run(
         + f") -> {params.out}"
     )
     return report
+
+
+def _vectors(
+    params: NeighborsParams,
+    embed: EmbedParams,
+    card: ClipCard,
+    train: pd.DataFrame,
+    d_train: pd.DataFrame,
+    scratch: Path,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The training images' and D_train's vectors, in manifest order: in memory for exact search
+    (all of D_train is scored anyway), memory-mapped files in `scratch` for IVF-PQ."""
+    train_vectors = VectorChunks(Path(embed.out) / "train", card)
+    d_train_vectors = VectorChunks(Path(embed.out) / "d_train", card)
+    if params.method == "ivfpq":
+        return (
+            train_vectors.vectors_to_file(list(train["id"]), scratch / "train.npy"),
+            d_train_vectors.vectors_to_file(list(d_train["id"]), scratch / "d_train.npy"),
+        )
+    return train_vectors.vectors_for(list(train["id"])), d_train_vectors.vectors_for(list(d_train["id"]))
 
 
 def find_neighbors(
@@ -81,15 +104,8 @@ def approximate_recall(
     sample = np.sort(
         np.random.default_rng(0).choice(len(queries), min(len(queries), params.recall_queries), replace=False)
     )
-    exact = exact_neighbors(
-        queries[sample],
-        database,
-        params.k,
-        params.duplicate_threshold,
-        params.batch_size,
-        resolve_device(params.device),
-    )
+    exact = exact_top_k(queries[sample], database, params.k, params.duplicate_threshold)
     return {
-        "recall_at_k": round(recall_at_k(found.indices[sample], exact.indices), 4),
+        "recall_at_k": round(recall_at_k(found.indices[sample], exact), 4),
         "recall_queries": len(sample),
     }
