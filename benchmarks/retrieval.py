@@ -7,7 +7,7 @@ same clustered vectors.
 
 Prints progress, then one JSON object as the last line: points, k, p50_ms, p99_ms, recall,
 build_s, disk_gb, rss_added_gb, numpy_exact_p50_ms, qdrant_local_p50_ms (these left out with
---neighbors-only), neighbors_qps, ivfpq_build_s, and ivfpq_nprobe<N>_qps and _recall for each --nprobe (these left
+--neighbors-only), neighbors_qps, ivfpq_build_s, and ivfpq_nprobe<N>_rerank<R>_qps and _recall for each --nprobe and --rerank (these left
 out with --store-only).
 qdrant-client's local mode is left out above 200,000 points, where it takes minutes a query.
 """
@@ -15,6 +15,7 @@ qdrant-client's local mode is left out above 200,000 points, where it takes minu
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import tempfile
 import time
@@ -101,6 +102,7 @@ def parse_args() -> argparse.Namespace:
         "--neighbors-only", action="store_true", help="only the neighbors stage's searches (no store)"
     )
     parser.add_argument("--nprobe", type=int, nargs="+", default=[32], help="IVF-PQ lists searched per query")
+    parser.add_argument("--rerank", type=int, nargs="+", default=[4], help="IVF-PQ candidates per neighbour")
     parser.add_argument("--store-only", action="store_true", help="only the store (no neighbors stage)")
     return parser.parse_args()
 
@@ -174,9 +176,11 @@ def measure_neighbors(database: np.ndarray, queries: int, k: int) -> tuple[float
     return neighbors_qps, found.indices
 
 
-def measure_ivfpq(database: np.ndarray, exact: np.ndarray, k: int, nprobes: list[int]) -> dict[str, float]:
-    """The neighbors stage's IVF-PQ search at its defaults but nprobe: index build time, then per
-    nprobe the search's queries per second (the index memory-mapped, candidates re-scored exactly)
+def measure_ivfpq(
+    database: np.ndarray, exact: np.ndarray, k: int, nprobes: list[int], reranks: list[int]
+) -> dict[str, float]:
+    """The neighbors stage's IVF-PQ search at its defaults but nprobe and rerank: index build time,
+    then per setting the search's queries per second (the index memory-mapped, candidates re-scored exactly)
     and recall@k against the exact answer for the same queries."""
     started = time.perf_counter()
     index = build_index(database, IvfPq(), progress=True)

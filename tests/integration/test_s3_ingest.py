@@ -8,9 +8,10 @@ import pytest
 
 from rdm.config import S3Params
 from rdm.data.ingest import ingest
+from rdm.data.shards import ShardSource
 from rdm.data.sources import SourceError, open_source
 from tests.support import messy_files
-from tests.unit.test_ingest import LIMITS, check_messy_result
+from tests.unit.test_ingest import LIMITS, check_messy_result, check_shard_result, write_shards
 
 
 @pytest.fixture
@@ -48,3 +49,16 @@ def test_empty_prefix_is_named(s3: S3Params) -> None:
     boto3.client("s3", endpoint_url=s3.endpoint_url, region_name=s3.region).create_bucket(Bucket="art")
     with pytest.raises(SourceError, match="s3://art/nothing: no objects under this prefix"):
         list(open_source("s3://art/nothing", s3).items())
+
+
+def test_webdataset_shards_under_a_prefix_are_read_by_ranged_gets(s3: S3Params, tmp_path: Path) -> None:
+    client = boto3.client("s3", endpoint_url=s3.endpoint_url, region_name=s3.region)
+    client.create_bucket(Bucket="laion")
+    write_shards(tmp_path / "shards")
+    for path in sorted((tmp_path / "shards").iterdir()):
+        client.put_object(Bucket="laion", Key=f"part-0/{path.name}", Body=path.read_bytes())
+    source = open_source("s3://laion/part-0", s3)
+    assert isinstance(source, ShardSource)
+    out = tmp_path / "out"
+    result = ingest(source, "d_train", out, LIMITS, progress=False)
+    check_shard_result(result, out, lambda shard: f"s3://laion/part-0/{shard}")

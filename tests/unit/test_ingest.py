@@ -1,5 +1,8 @@
 import hashlib
+import io
 import json
+import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -167,3 +170,80 @@ def test_rdm_ingest_prints_counts_by_reason(messy_folder: Path, tmp_path: Path, 
         "too_large",
         "duplicate",
     }
+
+
+def image_bytes(colour: tuple[int, int, int], fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), colour).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+SHARD_SAMPLES = {
+    "00000.tar": {
+        "000000000.jpg": image_bytes((200, 10, 10), "JPEG"),
+        "000000000.txt": b"a red square\n",
+        "000000000.json": json.dumps({"key": "000000000", "caption": "not this one"}).encode(),
+        "000000001.png": image_bytes((10, 10, 200), "PNG"),
+        "000000001.json": json.dumps({"caption": "a blue square", "style": "neon"}).encode(),
+    },
+    "00001.tar": {
+        "000000002.jpg": b"\xff\xd8 not really a jpeg",
+        "000000002.txt": b"broken",
+        "000000003.json": json.dumps({"status": "failed_to_download"}).encode(),  # no image: no sample
+    },
+}
+"""img2dataset's layout: numbered shards of samples whose members share a key."""
+
+
+def write_shards(folder: Path) -> dict[str, bytes]:
+    """The shards of SHARD_SAMPLES in `folder`, with img2dataset's parquet beside them; returns
+    each shard's bytes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for shard, members in SHARD_SAMPLES.items():
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for name, data in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        written[shard] = buffer.getvalue()
+        (folder / shard).write_bytes(written[shard])
+        pd.DataFrame({"key": sorted({n.split(".")[0] for n in members})}).to_parquet(
+            folder / shard.replace(".tar", ".parquet")
+        )
+    return written
+
+
+def check_shard_result(result: IngestResult, out: Path, shard_location: Callable[[str], str]) -> None:
+    """Every image member accounted for, read from its offset with its sidecars' caption and style."""
+    assert result.seen == 3  # three image members; the lone .json and the parquet are no samples
+    accepted = {r.source: r for r in result.records}
+    first, second = shard_location("00000.tar"), shard_location("00001.tar")
+    assert set(accepted) == {f"{first}#000000000.jpg", f"{first}#000000001.png"}
+    red, blue = accepted[f"{first}#000000000.jpg"], accepted[f"{first}#000000001.png"]
+    assert (red.caption, red.style) == ("a red square", None)  # the .txt wins over the .json
+    assert (blue.caption, blue.style) == ("a blue square", "neon")
+    assert red.id == hashlib.sha256(SHARD_SAMPLES["00000.tar"]["000000000.jpg"]).hexdigest()
+    assert (out / blue.path).read_bytes() == SHARD_SAMPLES["00000.tar"]["000000001.png"]
+    [broken] = result.rejections
+    assert (broken.source, broken.reason) == (f"{second}#000000002.jpg", "not_an_image")
+    assert not [p for p in out.rglob("*") if p.is_file() and "images" not in p.parts]  # nothing unpacked
+
+
+def test_webdataset_shards_are_ingested_from_their_offsets(tmp_path: Path) -> None:
+    write_shards(tmp_path / "laion")
+    source = open_source(str(tmp_path / "laion"))
+    out = tmp_path / "out"
+    result = ingest(source, "d_train", out, LIMITS, progress=False)
+    check_shard_result(result, out, lambda shard: str(tmp_path / "laion" / shard))
+    # a single shard is a source too
+    one = ingest(open_source(str(tmp_path / "laion" / "00000.tar")), "d_train", out, LIMITS, progress=False)
+    assert len(one.records) == 2
+
+
+def test_a_damaged_shard_is_named(tmp_path: Path) -> None:
+    written = write_shards(tmp_path / "laion")
+    (tmp_path / "laion" / "00001.tar").write_bytes(written["00001.tar"][:700])  # cut inside a member
+    with pytest.raises(SourceError, match=r"00001\.tar: not a readable tar shard"):
+        list(open_source(str(tmp_path / "laion")).items())

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from rdm.artifacts.manifest import Record
 from rdm.data.images import DUPLICATE, NO_STYLE, UNREADABLE, CheckedImage, Limits, Rejected, check_image
-from rdm.data.sources import Source, SourceItem
+from rdm.data.listing import Source, SourceItem
 from rdm.files import atomic_write_bytes
 
 

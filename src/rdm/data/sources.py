@@ -11,59 +11,38 @@ Layouts understood:
   and `content` columns; relative paths are resolved against the manifest's own folder.
 - S3: `s3://bucket/prefix` is read like a folder; `s3://bucket/key.csv` (or .jsonl, .parquet) like
   a manifest.
+- Webdataset shards (img2dataset's output): a `.tar`, or a folder or S3 prefix holding `.tar` files
+  (`rdm.data.shards`).
 """
 
 from __future__ import annotations
 
 import io
-from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pandas as pd
 
 from rdm.config import S3Params
+from rdm.data.listing import Source, SourceError, SourceItem
 from rdm.data.s3 import is_s3_uri, make_client, split_s3_uri
-from rdm.errors import UserError
+from rdm.data.shards import ShardSource, holds_shards
+
+__all__ = ["Source", "SourceError", "SourceItem", "open_source", "read_table"]
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 CAPTION_SUFFIX = ".txt"
 
 
-class SourceError(UserError, ValueError):
-    """A source that cannot be listed at all (missing, empty, malformed manifest)."""
-
-
-@dataclass(frozen=True)
-class SourceItem:
-    location: str
-    """A local path or an s3:// URI: where the bytes are, as the user would name it."""
-    caption: str | None = None
-    style: str | None = None
-    content: str | None = None
-
-
-class Source(ABC):
-    """Lists items and reads their bytes. Subclasses know one layout."""
-
-    def __init__(self, spec: str) -> None:
-        self.spec = spec
-
-    @abstractmethod
-    def items(self) -> Iterator[SourceItem]:
-        """Every file of the source, in a stable order."""
-
-    def read(self, location: str) -> bytes:
-        return Path(location).read_bytes()
-
-
 def open_source(spec: str, s3: S3Params | None = None) -> Source:
-    """Pick the source type from its spec: s3:// URI, manifest file or folder."""
+    """Pick the source type from its spec: webdataset shards, s3:// URI, manifest file or folder."""
     if is_s3_uri(spec):
-        return S3Source(spec, s3 or S3Params())
+        client = make_client(s3 or S3Params())
+        return ShardSource(spec, client) if holds_shards(spec, client) else S3Source(spec, s3 or S3Params())
     path = Path(spec)
+    if path.exists() and holds_shards(spec):
+        return ShardSource(spec)
     if path.is_file():
         if path.suffix.lower() not in MANIFEST_SUFFIXES:
             raise SourceError(f"{spec}: a file source must be a manifest ({', '.join(MANIFEST_SUFFIXES)})")

@@ -1,0 +1,38 @@
+"""What every source lists: items, a way to read their bytes, and the error of a source that
+cannot be listed."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from rdm.errors import UserError
+
+
+class SourceError(UserError, ValueError):
+    """A source that cannot be listed at all (missing, empty, malformed manifest)."""
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    location: str
+    """A local path or an s3:// URI: where the bytes are, as the user would name it."""
+    caption: str | None = None
+    style: str | None = None
+    content: str | None = None
+
+
+class Source(ABC):
+    """Lists items and reads their bytes. Subclasses know one layout."""
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+
+    @abstractmethod
+    def items(self) -> Iterator[SourceItem]:
+        """Every file of the source, in a stable order."""
+
+    def read(self, location: str) -> bytes:
+        return Path(location).read_bytes()

@@ -1,0 +1,142 @@
+"""img2dataset's webdataset output as a source: `.tar` shards in a folder or under an S3 prefix,
+each sample a group of members sharing a key (`000000017.jpg`, `000000017.txt`, `000000017.json`).
+
+Listing streams each shard's headers once and notes where every member's bytes lie; reading a
+sample is then one seek (local) or one ranged GET (S3) of exactly its bytes, so a shard is never
+unpacked to disk. The caption is the `.txt` member, else the `.json` member's `caption`; a
+`style` in the `.json` files the sample under that style. Every other member (the image, or
+anything else) is listed, so ingestion accounts for each one.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+from rdm.data.listing import Source, SourceError, SourceItem
+from rdm.data.s3 import is_s3_uri, split_s3_uri
+
+SHARD_SUFFIX = ".tar"
+SIDECARS = {"txt", "json"}
+"""Members that describe a sample rather than being one."""
+
+
+@dataclass(frozen=True)
+class Member:
+    shard: str
+    offset: int
+    size: int
+
+
+def sample_key(member: str) -> tuple[str, str]:
+    """'dir/000000017.jpg' -> ('dir/000000017', 'jpg'): webdataset's key is the name up to the
+    first dot of its last part."""
+    path = PurePosixPath(member)
+    stem, _, extension = path.name.partition(".")
+    return str(path.parent / stem) if str(path.parent) != "." else stem, extension.lower()
+
+
+class ShardSource(Source):
+    """`.tar` shards: `spec` is one shard, a folder of them, or an s3:// prefix of them."""
+
+    def __init__(self, spec: str, client: Any = None) -> None:
+        super().__init__(spec)
+        self.client = client
+        self.members: dict[str, Member] = {}
+
+    def shards(self) -> list[str]:
+        if is_s3_uri(self.spec):
+            bucket, key = split_s3_uri(self.spec)
+            if key.endswith(SHARD_SUFFIX):
+                return [self.spec]
+            prefix = key.rstrip("/") + "/" if key else ""
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+            found = sorted(f"s3://{bucket}/{k}" for k in keys if k.endswith(SHARD_SUFFIX))
+        else:
+            path = Path(self.spec)
+            found = [str(path)] if path.is_file() else sorted(str(p) for p in path.glob(f"*{SHARD_SUFFIX}"))
+        if not found:
+            raise SourceError(f"{self.spec}: no {SHARD_SUFFIX} shards here; check prepare.sources")
+        return found
+
+    def items(self) -> Iterator[SourceItem]:
+        for shard in self.shards():
+            yield from self.shard_items(shard)
+
+    def shard_items(self, shard: str) -> Iterator[SourceItem]:
+        """One shard's samples, in the order of the shard, its headers streamed once."""
+        samples: dict[str, dict[str, tarfile.TarInfo]] = defaultdict(dict)
+        sidecars: dict[str, dict[str, bytes]] = defaultdict(dict)
+        with self._open(shard) as stream:
+            try:
+                with tarfile.open(fileobj=stream, mode="r|") as tar:
+                    for info in tar:
+                        if not info.isfile():
+                            continue
+                        key, extension = sample_key(info.name)
+                        if extension in SIDECARS:
+                            member = tar.extractfile(info)
+                            sidecars[key][extension] = member.read() if member else b""
+                        else:
+                            samples[key][info.name] = info
+            except tarfile.TarError as exc:
+                raise SourceError(f"{shard}: not a readable tar shard ({exc}); re-download it") from None
+        for key, members in samples.items():
+            caption, style = _describe(sidecars.get(key, {}), f"{shard}#{key}")
+            for name, info in members.items():
+                location = f"{shard}#{name}"
+                self.members[location] = Member(shard, info.offset_data, info.size)
+                yield SourceItem(location=location, caption=caption, style=style)
+
+    def read(self, location: str) -> bytes:
+        member = self.members.get(location)
+        if member is None:
+            raise SourceError(f"{location}: not a member listed from {self.spec}")
+        if is_s3_uri(member.shard):
+            bucket, key = split_s3_uri(member.shard)
+            ranged = f"bytes={member.offset}-{member.offset + member.size - 1}"
+            body: bytes = self.client.get_object(Bucket=bucket, Key=key, Range=ranged)["Body"].read()
+            return body
+        with open(member.shard, "rb") as file:
+            file.seek(member.offset)
+            return file.read(member.size)
+
+    def _open(self, shard: str) -> IO[bytes]:
+        if is_s3_uri(shard):
+            bucket, key = split_s3_uri(shard)
+            stream: IO[bytes] = self.client.get_object(Bucket=bucket, Key=key)["Body"]
+            return stream
+        return open(shard, "rb")
+
+
+def _describe(sidecars: dict[str, bytes], where: str) -> tuple[str | None, str | None]:
+    """The caption and style of a sample from its `.txt` and `.json` members."""
+    meta: dict[str, Any] = {}
+    if "json" in sidecars:
+        try:
+            meta = json.loads(sidecars["json"] or b"{}")
+        except json.JSONDecodeError:
+            raise SourceError(f"{where}.json: not JSON; the shard is damaged, re-download it") from None
+    text = sidecars["txt"].decode("utf-8", "replace").strip() if "txt" in sidecars else None
+    caption = text or (str(meta["caption"]).strip() if meta.get("caption") else None)
+    style = str(meta["style"]) if meta.get("style") else None
+    return caption or None, style
+
+
+def holds_shards(spec: str, client: Any = None) -> bool:
+    """Whether a folder (or s3:// prefix, or file) is webdataset shards rather than image files."""
+    if is_s3_uri(spec):
+        bucket, key = split_s3_uri(spec)
+        if key.endswith(SHARD_SUFFIX):
+            return True
+        prefix = key.rstrip("/") + "/" if key else ""
+        listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix, Delimiter="/", MaxKeys=1000)
+        return any(o["Key"].endswith(SHARD_SUFFIX) for o in listed.get("Contents", []))
+    path = Path(spec)
+    return path.suffix == SHARD_SUFFIX if path.is_file() else any(path.glob(f"*{SHARD_SUFFIX}"))
