@@ -3,12 +3,13 @@ local mode, and of the neighbors stage's exact and IVF-PQ searches, all measured
 same clustered vectors.
 
     python benchmarks/retrieval.py [--points 100000] [--dim 512] [-k 19] [--quantization int8]
-                                   [--neighbors-only] [--store-only]
+                                   [--neighbors-only] [--nprobe 16 64] [--rerank 4 16]
+                                   [--store-only]
 
 Prints progress, then one JSON object as the last line: points, k, p50_ms, p99_ms, recall,
 build_s, disk_gb, rss_added_gb, numpy_exact_p50_ms, qdrant_local_p50_ms (these left out with
---neighbors-only), neighbors_qps, ivfpq_build_s, and ivfpq_nprobe<N>_rerank<R>_qps and _recall for each --nprobe and --rerank (these left
-out with --store-only).
+--neighbors-only), neighbors_qps, ivfpq_build_s, and ivfpq_nprobe<N>_rerank<R>_qps and _recall
+for each --nprobe and --rerank (these left out with --store-only).
 qdrant-client's local mode is left out above 200,000 points, where it takes minutes a query.
 """
 
@@ -180,22 +181,24 @@ def measure_ivfpq(
     database: np.ndarray, exact: np.ndarray, k: int, nprobes: list[int], reranks: list[int]
 ) -> dict[str, float]:
     """The neighbors stage's IVF-PQ search at its defaults but nprobe and rerank: index build time,
-    then per setting the search's queries per second (the index memory-mapped, candidates re-scored exactly)
-    and recall@k against the exact answer for the same queries."""
+    then per setting the search's queries per second (the index memory-mapped, candidates re-scored
+    exactly) and recall@k against the exact answer for the same queries."""
     started = time.perf_counter()
     index = build_index(database, IvfPq(), progress=True)
     result: dict[str, float] = {"ivfpq_build_s": round(time.perf_counter() - started, 1)}
     print(f"neighbors (ivfpq): index of {len(database)} built in {result['ivfpq_build_s']} s")
-    for nprobe in nprobes:
+    for nprobe, rerank in itertools.product(nprobes, reranks):
+        settings = IvfPq(nprobe=nprobe, rerank=rerank)
         started = time.perf_counter()
-        found = search_index(index, database[: len(exact)], database, k, IvfPq(nprobe=nprobe), 0.999)
+        found = search_index(index, database[: len(exact)], database, k, settings, 0.999)
         qps = len(exact) / (time.perf_counter() - started)
         recall = recall_at_k(found.indices, exact)
-        print(f"neighbors (ivfpq, nprobe {nprobe}): {qps:.0f} queries/s, recall@{k} {recall:.4f}")
-        result |= {
-            f"ivfpq_nprobe{nprobe}_qps": round(qps, 1),
-            f"ivfpq_nprobe{nprobe}_recall": round(recall, 4),
-        }
+        print(
+            f"neighbors (ivfpq, nprobe {nprobe}, rerank {rerank}): {qps:.0f} queries/s, "
+            f"recall@{k} {recall:.4f}"
+        )
+        name = f"ivfpq_nprobe{nprobe}_rerank{rerank}"
+        result |= {f"{name}_qps": round(qps, 1), f"{name}_recall": round(recall, 4)}
     return result
 
 
