@@ -83,7 +83,7 @@ def main() -> None:
     if not args.store_only:
         neighbors_qps, exact = measure_neighbors(database, args.neighbor_queries, args.k)
         result |= {"neighbors_qps": round(neighbors_qps, 1)} | measure_ivfpq(
-            database, exact, args.k, args.nprobe
+            database, exact, args.k, args.nprobe, args.rerank
         )
     print(json.dumps(result))
 
