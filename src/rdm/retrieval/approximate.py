@@ -35,8 +35,8 @@ class IvfPq:
 
     lists: int | None = None
     code_bytes: int = 64
-    nprobe: int = 32
-    rerank: int = 4
+    nprobe: int = 16
+    rerank: int = 16
     train_points: int = 100_000
     block: int = 65_536
 
@@ -117,7 +117,7 @@ def _search(
 ) -> Neighbors:
     candidates = k * settings.rerank
     indices, scores, dropped = [], [], 0
-    batch = 1024  # (B, C, D) candidate vectors: 64 MiB at k 8, rerank 4, 512-d
+    batch = 256  # (B, C, D) candidate vectors: 64 MiB at k 8, rerank 16, 512-d
     for start in tqdm(range(0, len(queries), batch), desc="neighbors", unit="batch", disable=not progress):
         q = np.ascontiguousarray(queries[start : start + batch], dtype=np.float32)  # (B, D)
         _, found = index.search(q, candidates)  # (B, C), -1 where a list ran out
