@@ -3,12 +3,13 @@ local mode, and of the neighbors stage's exact and IVF-PQ searches, all measured
 same clustered vectors.
 
     python benchmarks/retrieval.py [--points 100000] [--dim 512] [-k 19] [--quantization int8]
-                                   [--neighbors-only] [--nprobe 16 64] [--rerank 4 16]
+                                   [--ef 64 128] [--neighbors-only] [--nprobe 16 64] [--rerank 4 16]
                                    [--store-only]
 
 Prints progress, then one JSON object as the last line: points, k, p50_ms, p99_ms, recall,
 build_s, disk_gb, rss_added_gb, numpy_exact_p50_ms, qdrant_local_p50_ms (these left out with
---neighbors-only), neighbors_qps, ivfpq_build_s, and ivfpq_nprobe<N>_rerank<R>_qps and _recall
+--neighbors-only; they are for the first --ef, and edge_ef<N>_p50_ms, _p99_ms and _recall for
+each), neighbors_qps, ivfpq_build_s, and ivfpq_nprobe<N>_rerank<R>_qps and _recall
 for each --nprobe and --rerank (these left out with --store-only).
 qdrant-client's local mode is left out above 200,000 points, where it takes minutes a query.
 """
@@ -68,7 +69,9 @@ def main() -> None:
     result: dict[str, float] = {"points": args.points, "k": args.k}
     if not args.neighbors_only:
         truth = np.argsort(-(queries @ database.T), axis=1)[:, : args.k]
-        edge_ms, recall, edge = measure_edge(database, queries, truth, card, args.k, args.quantization)
+        edge_ms, recall, edge = measure_edge(
+            database, queries, truth, card, args.k, args.quantization, args.ef
+        )
         numpy_ms = measure_numpy_exact(database, queries, args.k)
         if args.points <= 200_000:
             local_ms = measure_qdrant_local(database, queries[: args.local_queries], card, args.k)
@@ -100,6 +103,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--neighbor-queries", type=int, default=10_000)
     parser.add_argument("--quantization", choices=["none", "int8"], default="none", help="the store's")
     parser.add_argument(
+        "--ef", type=int, nargs="+", default=[StoreParams().hnsw_ef], help="the store's HNSW search breadth"
+    )
+    parser.add_argument(
         "--neighbors-only", action="store_true", help="only the neighbors stage's searches (no store)"
     )
     parser.add_argument("--nprobe", type=int, nargs="+", default=[32], help="IVF-PQ lists searched per query")
@@ -109,11 +115,19 @@ def parse_args() -> argparse.Namespace:
 
 
 def measure_edge(
-    database: np.ndarray, queries: np.ndarray, truth: np.ndarray, card: ClipCard, k: int, quantization: str
+    database: np.ndarray,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    card: ClipCard,
+    k: int,
+    quantization: str,
+    efs: list[int],
 ) -> tuple[np.ndarray, float, dict[str, float]]:
-    """The embedded store's warm latencies (ms per query), its recall@k against the exact `truth`,
-    its build time, size on disk, and the resident memory the open store added to this process."""
+    """The embedded store's warm latencies (ms per query) and recall@k against the exact `truth` at
+    the first of `efs`, its build time, size on disk, the resident memory the open store added to this
+    process, and latency and recall at every ef (one build serves them all: ef is a search setting)."""
     points, dim = database.shape
+    measured: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as folder:
         params = StoreParams(backend="edge", path=folder, exact_below=10_000, quantization=quantization)
         before = psutil.Process().memory_info().rss
@@ -127,18 +141,31 @@ def measure_edge(
                 f"{disk_gb:.2f} GB on disk, {added_gb:.2f} GB resident added"
             )
             cold_ms = latencies_ms(lambda q: edge.query("bench", q[None], k), queries)
-            edge_ms = latencies_ms(lambda q: edge.query("bench", q[None], k), queries)  # warm: pages cached
-            hits = [edge.query("bench", q[None], k)[0] for q in queries]
-        found = [{int(h.id, 16) for h in row} for row in hits]
-        recall = float(np.mean([len(f & set(t.tolist())) / k for f, t in zip(found, truth, strict=True)]))
-    print(
-        f"edge: p50 {np.percentile(edge_ms, 50):.3f} ms, p99 {np.percentile(edge_ms, 99):.3f} ms, "
-        f"recall@{k} {recall:.4f} (first, cold pass: p50 {np.percentile(cold_ms, 50):.3f} ms)"
-    )
+            print(f"edge: first, cold pass p50 {np.percentile(cold_ms, 50):.3f} ms")
+            for ef in efs:
+                edge.params = params.model_copy(update={"hnsw_ef": ef})  # read at every query
+                ef_ms = latencies_ms(lambda q: edge.query("bench", q[None], k), queries)  # warm
+                hits = [edge.query("bench", q[None], k)[0] for q in queries]
+                found = [{int(h.id, 16) for h in row} for row in hits]
+                ef_recall = float(
+                    np.mean([len(f & set(t.tolist())) / k for f, t in zip(found, truth, strict=True)])
+                )
+                print(
+                    f"edge ef {ef}: p50 {np.percentile(ef_ms, 50):.3f} ms, "
+                    f"p99 {np.percentile(ef_ms, 99):.3f} ms, recall@{k} {ef_recall:.4f}"
+                )
+                measured |= {
+                    f"edge_ef{ef}_p50_ms": round(float(np.percentile(ef_ms, 50)), 4),
+                    f"edge_ef{ef}_p99_ms": round(float(np.percentile(ef_ms, 99)), 4),
+                    f"edge_ef{ef}_recall": round(ef_recall, 4),
+                }
+                if ef == efs[0]:
+                    edge_ms, recall = ef_ms, ef_recall
     return (
         edge_ms,
         recall,
-        {"build_s": round(build_s, 1), "disk_gb": round(disk_gb, 2), "rss_added_gb": round(added_gb, 2)},
+        {"build_s": round(build_s, 1), "disk_gb": round(disk_gb, 2), "rss_added_gb": round(added_gb, 2)}
+        | measured,
     )
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -244,3 +248,92 @@ def clone_project(tmp_path: Path, **changes: dict) -> tuple[Path, dict[str, str]
     ):
         subprocess.run(args, cwd=repo, env=env, capture_output=True, check=True)
     return repo, env
+
+
+@contextlib.contextmanager
+def ray_cluster(workers: int = 2, cpus_per_worker: int = 1) -> Iterator[str]:
+    """A Ray cluster on 127.0.0.1 as `ray start` makes one: a head that runs nothing (0 CPUs) and
+    `workers` worker nodes; yields its address (for RAY_ADDRESS). Each node is a `ray start --block`
+    process this function started, stopped by its id (it stops the Ray processes it spawned)."""
+    ray = str(Path(sys.executable).parent / "ray")
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    head = ["--include-dashboard=false"]
+    node = [
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        "--disable-usage-stats",
+        "--object-store-memory=200000000",
+    ]
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's unix sockets want a short path
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    started = [
+        subprocess.Popen(
+            [ray, "start", "--head", f"--port={port}", "--num-cpus=0", f"--temp-dir={temp}", *head, *node],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
+    try:
+        _wait_for_port(address, started[0])
+        for joined in range(1, workers + 1):  # one at a time: nodes starting together race for ports
+            started.append(
+                subprocess.Popen(
+                    [
+                        ray,
+                        "start",
+                        f"--address={address}",
+                        f"--num-cpus={cpus_per_worker}",
+                        *node,
+                        *own_ports(),
+                    ],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+            _wait_for_cpus(address, joined * cpus_per_worker)
+        yield address
+    finally:
+        for process in reversed(started):
+            process.terminate()
+        for process in started:
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def own_ports() -> list[str]:
+    """A free port for the one service of a Ray node with a fixed default port (its dashboard agent):
+    a second node on the same machine otherwise fails to start."""
+    return [f"--dashboard-agent-listen-port={free_port()}"]
+
+
+def _wait_for_port(address: str, process: subprocess.Popen, timeout: float = 120) -> None:
+    host, port = address.split(":")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"ray start --head exited with {process.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=1):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"no Ray head at {address} after {timeout} s")
+
+
+def _wait_for_cpus(address: str, cpus: int, timeout: float = 120) -> None:
+    """Until the workers have joined: `ray status` lists their CPUs."""
+    ray = str(Path(sys.executable).parent / "ray")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = subprocess.run(
+            [ray, "status", f"--address={address}"], capture_output=True, text=True, check=False
+        ).stdout
+        if f"/{cpus}.0 CPU" in status:
+            return
+        time.sleep(1)
+    raise TimeoutError(f"the Ray cluster at {address} did not reach {cpus} CPUs in {timeout} s")

@@ -166,6 +166,12 @@ class EmbedParams(Section):
     chunk_size: PositiveInt = 2048
     """Images embedded between two checkpoints: a killed run loses at most this many."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    executor: Literal["local", "ray"] = "local"
+    """local: this process (with `workers` decoding); ray: the Ray cluster `RAY_ADDRESS` names (else a
+    Ray started here), images decoded in CPU tasks and embedded by CLIP actors
+    (`rdm.embedding.on_ray`)."""
+    ray_actors: PositiveInt | Literal["auto"] = "auto"
+    """ray, on CPUs: CLIP actors. `auto`: half the cluster's cores; with GPUs always one per GPU."""
     rebuild_mismatched: bool = True
     """A collection holding another CLIP's vectors is rebuilt (true) or refused with an error (false:
     the safe choice for collections shared on a server)."""

@@ -22,7 +22,7 @@ from rdm.config import Config, load_config
 from rdm.retrieval.backends import open_store
 from rdm.retrieval.store import CollectionError
 from rdm.stages import clip, embed, generate, neighbors, prepare
-from tests.support import REPO_ROOT
+from tests.support import REPO_ROOT, ray_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -137,6 +137,69 @@ def test_killed_embed_resumes_to_exactly_the_right_set(in_demo: Config, tmp_path
         np.testing.assert_allclose(
             VectorChunks(tmp_path / "embeddings" / split, card).vectors_for(list(manifest["id"][:5])),
             VectorChunks(Path(in_demo.embed.out) / split, card).vectors_for(list(manifest["id"][:5])),
+            atol=1e-5,
+        )
+    with open_store(config.store) as store:
+        assert store.ids("d_train") == set(read_manifest(Path(config.prepare.out) / "d_train.parquet")["id"])
+
+
+def test_embedding_on_a_ray_cluster_equals_in_process_and_resumes_after_a_kill(
+    in_demo: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["embed"] |= {
+        "out": str(tmp_path / "embeddings"),
+        "executor": "ray",
+        "chunk_size": 64,
+        "batch_size": 8,
+    }
+    params["store"]["path"] = str(tmp_path / "qdrant")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    card = read_card(Path(in_demo.clip.out))
+    train = tmp_path / "embeddings" / "train"
+    with ray_cluster(workers=2) as address:
+        monkeypatch.setenv("RAY_ADDRESS", address)
+        args = [
+            sys.executable,
+            "-m",
+            "rdm.cli",
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "embed",
+            "training",
+        ]
+        process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        deadline = time.monotonic() + 300
+        while not list(train.glob("chunk-00001.npz")) and time.monotonic() < deadline:
+            assert process.poll() is None, "embed finished before it could be killed"
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        done_before = len(VectorChunks(train, card).known_ids())
+        assert 0 < done_before < in_demo.generate.train_images
+
+        config = load_config(tmp_path / "params.yaml")
+        report = embed.run(
+            config.embed,
+            config.store,
+            Path(config.clip.out),
+            Path(config.prepare.out),
+            False,
+            sides=["training"],
+        )
+    assert f"on the Ray cluster at {address} (3 nodes, 2 CPUs, 0 GPUs)" in capsys.readouterr().out
+    assert report["embedded"] == {"train": in_demo.generate.train_images - done_before, "d_train": 400}
+    for split in ("train", "d_train"):
+        stored = np.concatenate(
+            [np.load(c)["ids"] for c in sorted((tmp_path / "embeddings" / split).glob("*.npz"))]
+        )
+        assert len(stored) == len(set(stored)), f"{split}: duplicate embeddings"
+        ids = list(read_manifest(Path(config.prepare.out) / f"{split}.parquet")["id"])
+        np.testing.assert_allclose(  # the in-process path's vectors: same model and pixels, other batches
+            VectorChunks(tmp_path / "embeddings" / split, card).vectors_for(ids),
+            VectorChunks(Path(in_demo.embed.out) / split, card).vectors_for(ids),
             atol=1e-5,
         )
     with open_store(config.store) as store:

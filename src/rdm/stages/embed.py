@@ -22,6 +22,7 @@ from rdm.artifacts.manifest import SIDES, manifest_path, read_manifest
 from rdm.config import EmbedParams, StoreParams
 from rdm.embedding import model as clip_model
 from rdm.embedding.encode import encode_paths
+from rdm.embedding.on_ray import embed_on_ray
 from rdm.files import write_json
 from rdm.retrieval.backends import open_store
 from rdm.retrieval.store import D_TRAIN, VectorStore, ids_digest, style_collection
@@ -35,10 +36,28 @@ def embed_split(
     params: EmbedParams,
     split: str,
     progress: bool = True,
+    clip_dir: Path | None = None,
 ) -> int:
-    """Embed the rows not embedded yet, checkpointing every `chunk_size` images; returns how many."""
+    """Embed the rows not embedded yet, checkpointing every `chunk_size` images; returns how many.
+    With `embed.executor: ray` the work runs on a Ray cluster (`clip_dir` then names the CLIP its
+    actors load)."""
     known = chunks.known_ids()
     todo = manifest[~manifest["id"].isin(known)]
+    if params.executor == "ray" and len(todo):
+        if clip_dir is None:
+            raise ValueError("embed.executor ray needs the CLIP folder for its actors")
+        embed_on_ray(
+            clip_dir,
+            manifest_path(prepared, split),
+            prepared,
+            chunks,
+            params,
+            clip.image_size,
+            len(todo),
+            desc=f"embed {split}",
+            progress=progress,
+        )
+        return len(todo)
     for start in range(0, len(todo), params.chunk_size):
         rows = todo.iloc[start : start + params.chunk_size]
         batches = encode_paths(
@@ -110,11 +129,11 @@ def run(
     images that no collection may hold (the style classifier's share,
     `rdm.evaluation.split.classifier_ids`); they are still embedded. Returns what was embedded by split
     and the counts by collection."""
-    clip = clip_model.load(clip_dir, params.device)
+    clip = clip_model.load(clip_dir, "cpu" if params.executor == "ray" else params.device)
     report: dict[str, Any] = {"clip": clip.card.model, "fingerprint": clip.card.fingerprint}
-    report |= {"embedded": {}, "collections": {}}
+    report |= {"executor": params.executor, "embedded": {}, "collections": {}}
     for side in sides:
-        done = run_side(clip, params, store_params, prepared, side, progress, keep_out)
+        done = run_side(clip, params, store_params, prepared, side, progress, keep_out, clip_dir)
         report["embedded"] |= done["embedded"]
         report["collections"] |= done["collections"]
     return report
@@ -128,6 +147,7 @@ def run_side(
     side: str,
     progress: bool,
     keep_out: Collection[str],
+    clip_dir: Path | None = None,
 ) -> dict[str, Any]:
     splits = SIDES[side]
     manifests = {split: read_manifest(manifest_path(prepared, split)) for split in splits}
@@ -135,7 +155,7 @@ def run_side(
     report: dict[str, Any] = {"embedded": {}}
     for split in splits:
         report["embedded"][split] = embed_split(
-            clip, manifests[split], prepared, chunks[split], params, split, progress
+            clip, manifests[split], prepared, chunks[split], params, split, progress, clip_dir
         )
     collections = wanted_collections(manifests, chunks, keep_out)
     with open_store(store_params) as store:
