@@ -1,11 +1,15 @@
 """Throughput of the whole embed stage (decode, resize, encode, store) against the model's forward
 pass alone on ready tensors: same model, same images, same batch size, same run.
 
-    python benchmarks/embed.py [--model rdm-tiny|ViT-B-32] [--images 2000] [--workers 2]
+    python benchmarks/embed.py [--model rdm-tiny|ViT-B-32] [--images 2000] [--workers 2] [--ray]
+
+--ray also runs the stage on Ray (`embed.executor: ray`): the cluster RAY_ADDRESS names, else a Ray
+started in this process, once, before the timed rounds (its start-up is reported apart).
 
 With no pretrained weights reachable, the model keeps its random initial weights: throughput does
 not depend on them. Prints progress, then one JSON object as the last line:
-model, pipeline_img_per_s, model_only_img_per_s, ratio.
+model, pipeline_img_per_s, model_only_img_per_s, ratio, and with --ray ray_img_per_s, ray_nodes,
+ray_actors and ray_start_s.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from rdm.artifacts.manifest import read_manifest
 from rdm.config import EmbedParams, GenerateParams, PrepareParams, S3Params, SampleParams, StoreParams
 from rdm.data.demo.generate import generate_demo
 from rdm.embedding import model as clip_model
+from rdm.embedding.on_ray import connected, encoder_actors
 from rdm.retrieval.backends import open_store
 from rdm.stages import prepare
 from rdm.stages.embed import embed_split, fill_collection
@@ -58,7 +63,15 @@ def main() -> None:
             f"{tuple(ready.shape[1:])} tensors {model_only:.1f} img/s (medians of {args.rounds} rounds)"
         )
 
-    print(json.dumps(summary(args.model, pipeline, model_only)))
+        on_ray = ray_rounds(clip, manifest, prepared, params, root, args.rounds) if args.ray else {}
+        if on_ray:
+            print(
+                f"{args.model}: whole embed stage on Ray {on_ray['ray_img_per_s']} img/s "
+                f"({on_ray['ray_nodes']} nodes, {on_ray['ray_actors']} CLIP actors; Ray started in "
+                f"{on_ray['ray_start_s']} s, not counted)"
+            )
+
+    print(json.dumps(summary(args.model, pipeline, model_only) | on_ray))
 
 
 def parse_args() -> argparse.Namespace:
@@ -70,6 +83,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", default="auto", help="decoding processes, or auto (embed.workers)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--ray", action="store_true", help="also the stage on Ray (embed.executor: ray)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     return parser.parse_args()
 
@@ -135,11 +149,33 @@ def pipeline_once(
 ) -> float:
     """The embed stage's own functions, into fresh outputs: img/s."""
     started = time.perf_counter()
-    chunks = VectorChunks(root / f"emb{round_}" / "train", clip.card)
-    embed_split(clip, manifest, prepared, chunks, params, "train", progress=False)
-    with open_store(StoreParams(path=str(root / f"qdrant{round_}"))) as store:
+    chunks = VectorChunks(root / f"emb-{params.executor}{round_}" / "train", clip.card)
+    embed_split(clip, manifest, prepared, chunks, params, "train", progress=False, clip_dir=root / "clip")
+    with open_store(StoreParams(path=str(root / f"qdrant-{params.executor}{round_}"))) as store:
         fill_collection(store, "train", manifest, chunks, clip.card, prepared)
     return len(manifest) / (time.perf_counter() - started)
+
+
+def ray_rounds(
+    clip: clip_model.Clip,
+    manifest: pd.DataFrame,
+    prepared: Path,
+    params: EmbedParams,
+    root: Path,
+    rounds: int,
+) -> dict[str, Any]:
+    """Median img/s of the whole stage on Ray, connected once before the rounds."""
+    started = time.perf_counter()
+    with connected() as cluster:
+        start_s = time.perf_counter() - started
+        on_ray = params.model_copy(update={"executor": "ray"})
+        speeds = [pipeline_once(clip, manifest, prepared, on_ray, root, r) for r in range(rounds)]
+    return {
+        "ray_img_per_s": round(float(np.median(speeds)), 1),
+        "ray_nodes": cluster.nodes,
+        "ray_actors": encoder_actors(on_ray, cluster)[0],
+        "ray_start_s": round(start_s, 1),
+    }
 
 
 def model_once(clip: clip_model.Clip, ready: torch.Tensor, batch_size: int) -> float:

@@ -13,7 +13,8 @@ from PIL import Image
 from rdm.artifacts.manifest import read_manifest
 from rdm.cli import main
 from rdm.data.images import Limits
-from rdm.data.ingest import IngestResult, ingest
+from rdm.data.ingest import JOURNAL, IngestResult, ingest
+from rdm.data.shards import ShardSource
 from rdm.data.sources import SourceError, open_source
 from tests.support import MESSY_CAPTIONS, messy_files
 
@@ -228,7 +229,8 @@ def check_shard_result(result: IngestResult, out: Path, shard_location: Callable
     assert (out / blue.path).read_bytes() == SHARD_SAMPLES["00000.tar"]["000000001.png"]
     [broken] = result.rejections
     assert (broken.source, broken.reason) == (f"{second}#000000002.jpg", "not_an_image")
-    assert not [p for p in out.rglob("*") if p.is_file() and "images" not in p.parts]  # nothing unpacked
+    unpacked = [p for p in out.rglob("*") if p.is_file() and not {"images", JOURNAL} & set(p.parts)]
+    assert not unpacked
 
 
 def test_webdataset_shards_are_ingested_from_their_offsets(tmp_path: Path) -> None:
@@ -240,6 +242,36 @@ def test_webdataset_shards_are_ingested_from_their_offsets(tmp_path: Path) -> No
     # a single shard is a source too
     one = ingest(open_source(str(tmp_path / "laion" / "00000.tar")), "d_train", out, LIMITS, progress=False)
     assert len(one.records) == 2
+
+
+def test_shards_resume_one_by_one_and_a_changed_shard_is_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written = write_shards(tmp_path / "laion")
+    (tmp_path / "laion" / "00001.tar").write_bytes(written["00001.tar"][:700])  # an interrupted download
+    out = tmp_path / "out"
+    with pytest.raises(SourceError, match=r"00001\.tar"):
+        ingest(open_source(str(tmp_path / "laion")), "d_train", out, LIMITS, progress=False)
+    (tmp_path / "laion" / "00001.tar").write_bytes(written["00001.tar"])  # downloaded again
+
+    read: list[str] = []
+    original = ShardSource.read
+    monkeypatch.setattr(ShardSource, "read", lambda self, loc: read.append(loc) or original(self, loc))
+    resumed = ingest(open_source(str(tmp_path / "laion")), "d_train", out, LIMITS, progress=False)
+    check_shard_result(resumed, out, lambda shard: str(tmp_path / "laion" / shard))
+    assert read == [f"{tmp_path / 'laion' / '00001.tar'}#000000002.jpg"]  # the finished shard replayed
+
+    read.clear()
+    again = ingest(open_source(str(tmp_path / "laion")), "d_train", out, LIMITS, progress=False)
+    assert again == resumed and read == []
+    stricter = ingest(
+        open_source(str(tmp_path / "laion")), "d_train", out, LIMITS, require_style=True, progress=False
+    )
+    assert [r.source for r in stricter.records] == [f"{tmp_path / 'laion' / '00000.tar'}#000000001.png"]
+    (tmp_path / "laion" / "00000.tar").write_bytes(written["00000.tar"] + bytes(1024))  # changed
+    read.clear()
+    ingest(open_source(str(tmp_path / "laion")), "d_train", out, LIMITS, progress=False)
+    assert sorted(read) == [f"{tmp_path / 'laion' / '00000.tar'}#00000000{n}" for n in ("0.jpg", "1.png")]
 
 
 def test_a_damaged_shard_is_named(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ Nothing is dropped silently: for each call, accepted + rejected = files listed.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -61,6 +62,13 @@ def image_relpath(image_id: str, suffix: str, split: str) -> str:
     return f"images/{split}/{image_id[:2]}/{image_id}{suffix}"
 
 
+JOURNAL = ".shards"
+"""Under the prepared folder, `<split>/<digest>.json` per shard ingested: what it gave, so that an
+interrupted `prepare` resumes shard by shard."""
+
+Outcome = Record | Rejection
+
+
 def ingest(
     source: Source,
     split: str,
@@ -77,31 +85,78 @@ def ingest(
     `seen` maps ids already ingested (possibly from other splits) to their source, so a file whose
     bytes were met before becomes a `duplicate` rejection; it is updated in place.
     `require_style` rejects items with no style (style collections need one).
+    A source in parts that have an identity (webdataset shards) is journaled part by part: a part
+    unchanged since a run that finished it, under the same checks, is replayed, not read again.
     """
     seen = {} if seen is None else seen
     result = IngestResult()
-    items = list(source.items())
+    settings = f"{limits}, require_style={require_style}"
 
-    def process(item: SourceItem) -> Record | Rejection:
+    def process(item: SourceItem) -> Outcome:
         return _process(source, item, split, out_dir, limits, require_style)
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        outcomes = pool.map(process, items)
-        for item, outcome in tqdm(
-            zip(items, outcomes, strict=True),
-            total=len(items),
-            desc=f"ingest {split}",
-            unit="file",
-            disable=not progress,
-        ):
-            if isinstance(outcome, Record) and outcome.id in seen:
-                outcome = Rejection.of(item, split, DUPLICATE, f"same bytes as {seen[outcome.id]}")
-            if isinstance(outcome, Record):
-                seen[outcome.id] = item.location
-                result.records.append(outcome)
+    with (
+        ThreadPoolExecutor(max_workers=workers) as pool,
+        tqdm(desc=f"ingest {split}", unit="file", disable=not progress) as bar,
+    ):
+        for part in source.parts():
+            journal = _journal_path(out_dir, split, part.name, settings) if part.identity else None
+            outcomes = _replay(journal, part.identity, settings, out_dir) if journal else None
+            if outcomes is None:
+                items = list(part.items())
+                bar.total = (bar.total or 0) + len(items)
+                outcomes = []
+                for outcome in pool.map(process, items):
+                    outcomes.append(outcome)
+                    bar.update(1)
+                if journal:
+                    _record(journal, part.name, part.identity, settings, outcomes)
             else:
-                result.rejections.append(outcome)
+                bar.total = (bar.total or 0) + len(outcomes)
+                bar.update(len(outcomes))
+            for outcome in outcomes:
+                if isinstance(outcome, Record) and outcome.id in seen:
+                    detail = f"same bytes as {seen[outcome.id]}"
+                    outcome = Rejection(outcome.source, split, DUPLICATE, detail, outcome.style)
+                if isinstance(outcome, Record):
+                    seen[outcome.id] = outcome.source
+                    result.records.append(outcome)
+                else:
+                    result.rejections.append(outcome)
     return result
+
+
+def _journal_path(out_dir: Path, split: str, part: str, settings: str) -> Path:
+    """One journal per part and checks: a run under other limits keeps its own."""
+    return out_dir / JOURNAL / split / f"{sha256(f'{part}|{settings}'.encode()).hexdigest()[:24]}.json"
+
+
+def _replay(journal: Path, identity: str | None, settings: str, out_dir: Path) -> list[Outcome] | None:
+    """The journaled outcomes of a part, or None where they cannot stand: no journal, the part
+    changed, the checks changed, or an accepted image is no longer on disk."""
+    if not journal.is_file():
+        return None
+    entry = json.loads(journal.read_text())
+    if (entry["identity"], entry["settings"]) != (identity, settings):
+        return None
+    outcomes: list[Outcome] = [
+        Record(**o["record"]) if "record" in o else Rejection(**o["rejection"]) for o in entry["outcomes"]
+    ]
+    if any(isinstance(o, Record) and not (out_dir / o.path).is_file() for o in outcomes):
+        return None
+    return outcomes
+
+
+def _record(journal: Path, part: str, identity: str | None, settings: str, outcomes: list[Outcome]) -> None:
+    entry = {
+        "part": part,
+        "identity": identity,
+        "settings": settings,
+        "outcomes": [
+            {"record": asdict(o)} if isinstance(o, Record) else {"rejection": o.as_dict()} for o in outcomes
+        ],
+    }
+    atomic_write_bytes(journal, json.dumps(entry).encode())
 
 
 def _process(

@@ -4,7 +4,7 @@ cannot be listed."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,16 @@ class SourceItem:
     content: str | None = None
 
 
+@dataclass(frozen=True)
+class Part:
+    """A piece of a source ingested as one unit. With an `identity` (what changes when its contents
+    change: size and mtime, an S3 ETag), its outcome is journaled and a rerun skips it unchanged."""
+
+    name: str
+    identity: str | None
+    items: Callable[[], Iterator[SourceItem]]
+
+
 class Source(ABC):
     """Lists items and reads their bytes. Subclasses know one layout."""
 
@@ -36,3 +46,8 @@ class Source(ABC):
 
     def read(self, location: str) -> bytes:
         return Path(location).read_bytes()
+
+    def parts(self) -> list[Part]:
+        """The units ingestion may resume by: the whole source, never journaled, unless a layout
+        knows better (webdataset shards: one part each)."""
+        return [Part(self.spec, None, self.items)]

@@ -15,10 +15,11 @@ import tarfile
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from rdm.data.listing import Source, SourceError, SourceItem
+from rdm.data.listing import Part, Source, SourceError, SourceItem
 from rdm.data.s3 import is_s3_uri, split_s3_uri
 
 SHARD_SUFFIX = ".tar"
@@ -48,6 +49,7 @@ class ShardSource(Source):
         super().__init__(spec)
         self.client = client
         self.members: dict[str, Member] = {}
+        self.etags: dict[str, str] = {}
 
     def shards(self) -> list[str]:
         if is_s3_uri(self.spec):
@@ -56,8 +58,9 @@ class ShardSource(Source):
                 return [self.spec]
             prefix = key.rstrip("/") + "/" if key else ""
             pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-            keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
-            found = sorted(f"s3://{bucket}/{k}" for k in keys if k.endswith(SHARD_SUFFIX))
+            listed = {o["Key"]: o["ETag"] for page in pages for o in page.get("Contents", [])}
+            self.etags |= {f"s3://{bucket}/{k}": tag for k, tag in listed.items()}
+            found = sorted(f"s3://{bucket}/{k}" for k in listed if k.endswith(SHARD_SUFFIX))
         else:
             path = Path(self.spec)
             found = [str(path)] if path.is_file() else sorted(str(p) for p in path.glob(f"*{SHARD_SUFFIX}"))
@@ -68,6 +71,19 @@ class ShardSource(Source):
     def items(self) -> Iterator[SourceItem]:
         for shard in self.shards():
             yield from self.shard_items(shard)
+
+    def parts(self) -> list[Part]:
+        """One part per shard, known by its S3 ETag or its size and modification time."""
+        return [Part(s, self.identity(s), partial(self.shard_items, s)) for s in self.shards()]
+
+    def identity(self, shard: str) -> str:
+        if is_s3_uri(shard):
+            if shard not in self.etags:
+                bucket, key = split_s3_uri(shard)
+                self.etags[shard] = self.client.head_object(Bucket=bucket, Key=key)["ETag"]
+            return f"etag {self.etags[shard]}"
+        stat = Path(shard).stat()
+        return f"{stat.st_size} bytes, mtime {stat.st_mtime_ns}"
 
     def shard_items(self, shard: str) -> Iterator[SourceItem]:
         """One shard's samples, in the order of the shard, its headers streamed once."""

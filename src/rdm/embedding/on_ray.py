@@ -54,7 +54,14 @@ def connected() -> Iterator[Cluster]:
         if address:
             ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
         else:
-            ray.init(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+            # "local": a new Ray here, never a cluster some earlier `ray start` left its address for
+            ray.init(
+                address="local",
+                _node_ip_address="127.0.0.1",
+                include_dashboard=False,
+                logging_level=logging.ERROR,
+                log_to_driver=False,
+            )
     except (ConnectionError, RuntimeError) as error:
         raise UserError(
             f"embed.executor is ray but no Ray cluster answers at RAY_ADDRESS={address!r} ({error}); "
@@ -113,7 +120,7 @@ def embed_on_ray(
                 partial(decode_images, prepared=str(prepared), size=image_size, resize=chunks.card.resize),
                 batch_size=params.batch_size,
                 batch_format="numpy",
-                num_cpus=1,
+                num_cpus=0.5,  # unlike the actors: Ray would otherwise fuse decoding into them
             )
             .map_batches(
                 ClipEncoder,
