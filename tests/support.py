@@ -266,7 +266,9 @@ def ray_cluster(workers: int = 2, cpus_per_worker: int = 1) -> Iterator[str]:
         "--object-store-memory=200000000",
     ]
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's unix sockets want a short path
-    env = {**os.environ, "RAY_ADDRESS": ""}
+    # Ray turns token auth on wherever an earlier local ray.init() left ~/.ray/auth_token; the
+    # nodes and the drivers of a test (which set RAY_AUTH_MODE too) agree on none
+    env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled"}
     started = [
         subprocess.Popen(
             [ray, "start", "--head", f"--port={port}", "--num-cpus=0", f"--temp-dir={temp}", *head, *node],
@@ -289,11 +291,11 @@ def ray_cluster(workers: int = 2, cpus_per_worker: int = 1) -> Iterator[str]:
                         *own_ports(),
                     ],
                     env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
+                    stdout=(Path(temp) / f"worker-{joined}.log").open("w"),
+                    stderr=subprocess.STDOUT,
                 )
             )
-            _wait_for_cpus(address, joined * cpus_per_worker)
+            _wait_for_cpus(address, joined * cpus_per_worker, Path(temp) / f"worker-{joined}.log")
         yield address
     finally:
         for process in reversed(started):
@@ -325,7 +327,7 @@ def _wait_for_port(address: str, process: subprocess.Popen, timeout: float = 120
     raise TimeoutError(f"no Ray head at {address} after {timeout} s")
 
 
-def _wait_for_cpus(address: str, cpus: int, timeout: float = 120) -> None:
+def _wait_for_cpus(address: str, cpus: int, log: Path, timeout: float = 120) -> None:
     """Until the workers have joined: `ray status` lists their CPUs."""
     ray = str(Path(sys.executable).parent / "ray")
     deadline = time.monotonic() + timeout
@@ -336,4 +338,7 @@ def _wait_for_cpus(address: str, cpus: int, timeout: float = 120) -> None:
         if f"/{cpus}.0 CPU" in status:
             return
         time.sleep(1)
-    raise TimeoutError(f"the Ray cluster at {address} did not reach {cpus} CPUs in {timeout} s")
+    raise TimeoutError(
+        f"the Ray cluster at {address} did not reach {cpus} CPUs in {timeout} s; "
+        f"the last node's log ends: {log.read_text()[-2000:]}"
+    )

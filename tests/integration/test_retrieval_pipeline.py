@@ -159,6 +159,7 @@ def test_embedding_on_a_ray_cluster_equals_in_process_and_resumes_after_a_kill(
     train = tmp_path / "embeddings" / "train"
     with ray_cluster(workers=2) as address:
         monkeypatch.setenv("RAY_ADDRESS", address)
+        monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # as the cluster's nodes
         args = [
             sys.executable,
             "-m",
@@ -204,6 +205,26 @@ def test_embedding_on_a_ray_cluster_equals_in_process_and_resumes_after_a_kill(
         )
     with open_store(config.store) as store:
         assert store.ids("d_train") == set(read_manifest(Path(config.prepare.out) / "d_train.parquet")["id"])
+
+
+def test_embedding_on_ray_without_an_address_starts_ray_here(
+    in_demo: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    params = in_demo.embed.model_copy(update={"out": str(tmp_path / "embeddings"), "executor": "ray"})
+    store = in_demo.store.model_copy(update={"path": str(tmp_path / "qdrant")})
+    report = embed.run(
+        params, store, Path(in_demo.clip.out), Path(in_demo.prepare.out), False, sides=["styles"]
+    )
+    assert "(1 nodes," in capsys.readouterr().out
+    assert report["embedded"] == {"styles": 210}
+    card = read_card(Path(in_demo.clip.out))
+    ids = list(read_manifest(Path(in_demo.prepare.out) / "styles.parquet")["id"])
+    np.testing.assert_allclose(
+        VectorChunks(tmp_path / "embeddings" / "styles", card).vectors_for(ids),
+        VectorChunks(Path(in_demo.embed.out) / "styles", card).vectors_for(ids),
+        atol=1e-5,
+    )
 
 
 def test_another_clips_collection_is_refused_untouched(in_demo: Config, tmp_path: Path) -> None:
