@@ -30,7 +30,8 @@ from rdm.artifacts.manifest import read_manifest
 from rdm.config import EmbedParams, GenerateParams, PrepareParams, S3Params, SampleParams, StoreParams
 from rdm.data.demo.generate import generate_demo
 from rdm.embedding import model as clip_model
-from rdm.embedding.on_ray import connected, encoder_actors
+from rdm.embedding.on_ray import encoder_actors
+from rdm.ray_cluster import connected
 from rdm.retrieval.backends import open_store
 from rdm.stages import prepare
 from rdm.stages.embed import embed_split, fill_collection
@@ -166,7 +167,7 @@ def ray_rounds(
 ) -> dict[str, Any]:
     """Median img/s of the whole stage on Ray, connected once before the rounds."""
     started = time.perf_counter()
-    with connected() as cluster:
+    with connected("embed.executor") as cluster:
         start_s = time.perf_counter() - started
         on_ray = params.model_copy(update={"executor": "ray"})
         speeds = [pipeline_once(clip, manifest, prepared, on_ray, root, r) for r in range(rounds)]

@@ -273,6 +273,7 @@ def ray_cluster(workers: int = 2, cpus_per_worker: int = 1) -> Iterator[str]:
         subprocess.Popen(
             [ray, "start", "--head", f"--port={port}", "--num-cpus=0", f"--temp-dir={temp}", *head, *node],
             env=env,
+            cwd=temp,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -291,6 +292,7 @@ def ray_cluster(workers: int = 2, cpus_per_worker: int = 1) -> Iterator[str]:
                         *own_ports(),
                     ],
                     env=env,
+                    cwd=temp,  # not the test's folder: relative paths must be resolved by the driver
                     stdout=(Path(temp) / f"worker-{joined}.log").open("w"),
                     stderr=subprocess.STDOUT,
                 )

@@ -387,6 +387,7 @@ def _ingest(config: Config, args: argparse.Namespace) -> None:
         limits_of(config.prepare),
         require_style=args.require_style,
         workers=config.prepare.workers,
+        executor=config.prepare.executor,
     )
     write_manifest(result.records, out / "manifest.parquet")
     write_rejections(out / "rejected.jsonl", (r.as_dict() for r in result.rejections))

@@ -114,6 +114,10 @@ class PrepareParams(Section):
     max_pixels: Annotated[int, Field(ge=1024)] = 40_000_000
     """Images declaring more pixels are rejected before decoding (decompression bombs)."""
     workers: Annotated[int, Field(ge=1, le=64)] = 4
+    """local: threads reading and checking files."""
+    executor: Literal["local", "ray"] = "local"
+    """local: this process, with `workers` threads; ray: tasks on the Ray cluster `RAY_ADDRESS` names
+    (else a Ray started here) read, decode and check the files (`rdm.data.on_ray`). Same outcome."""
 
 
 class S3Params(Section):

@@ -3,10 +3,12 @@ search by text, list collections, re-run, resume after a kill, refuse another CL
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +20,13 @@ from rdm.artifacts.embeddings import VectorChunks
 from rdm.artifacts.manifest import SPLITS, read_manifest
 from rdm.artifacts.neighbors import read_neighbors
 from rdm.cli import main
-from rdm.config import Config, load_config
+from rdm.config import Config, PrepareParams, S3Params, SourcesParams, load_config
+from rdm.data.ingest import JOURNAL
 from rdm.retrieval.backends import open_store
 from rdm.retrieval.store import CollectionError
 from rdm.stages import clip, embed, generate, neighbors, prepare
 from tests.support import REPO_ROOT, ray_cluster
+from tests.unit.test_ingest import write_shards
 
 pytestmark = pytest.mark.slow
 
@@ -143,8 +147,59 @@ def test_killed_embed_resumes_to_exactly_the_right_set(in_demo: Config, tmp_path
         assert store.ids("d_train") == set(read_manifest(Path(config.prepare.out) / "d_train.parquet")["id"])
 
 
+@pytest.fixture(scope="module")
+def ray_address() -> Iterator[str]:
+    """A two-worker Ray cluster on 127.0.0.1 for this module's tests, its nodes started in a folder of
+    their own (so the drivers' relative paths mean nothing to them)."""
+    with ray_cluster(workers=2) as address:
+        yield address
+
+
+def test_ingestion_on_a_ray_cluster_equals_in_process(
+    ray_address: str,
+    messy_folder: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """`prepare.executor: ray` with relative paths, as params.yaml has them: every manifest, image,
+    shard journal, count and rejection as the threads of this process make them."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAY_ADDRESS", ray_address)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # as the cluster's nodes
+    shutil.copytree(messy_folder, "messy")
+    write_shards(Path("laion"))
+    sources = SourcesParams(train="messy", d_train="laion", styles="messy", prompts=None)
+    metrics = {}
+    for executor in ("local", "ray"):
+        params = PrepareParams(
+            sources=sources,
+            out=f"{executor}/prepared",
+            metrics=f"{executor}/reports/prepare",
+            rejected=f"{executor}/reports/rejected",
+            executor=executor,
+        )
+        metrics[executor] = prepare.run_side(params, S3Params(), "training", progress=False)
+    assert f"ingest train: checks on the Ray cluster at {ray_address} (3 nodes, 2 CPUs, 0 GPUs)" in (
+        capsys.readouterr().out
+    )
+    assert metrics["ray"] == metrics["local"]
+    assert metrics["ray"]["d_train"] == {"seen": 3, "accepted": 2, "rejected": {"not_an_image": 1}}
+    written = {
+        executor: {p.relative_to(executor): p.read_bytes() for p in Path(executor).rglob("*") if p.is_file()}
+        for executor in ("local", "ray")
+    }
+    assert any(p.parts[1] == JOURNAL for p in written["ray"])  # the shards were journaled
+    assert sorted(written["ray"]) == sorted(written["local"])
+    assert [p for p in written["ray"] if written["ray"][p] != written["local"][p]] == []
+
+
 def test_embedding_on_a_ray_cluster_equals_in_process_and_resumes_after_a_kill(
-    in_demo: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    ray_address: str,
+    in_demo: Config,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
 ) -> None:
     params = yaml.safe_load(Path("params.yaml").read_text())
     params["embed"] |= {
@@ -157,40 +212,39 @@ def test_embedding_on_a_ray_cluster_equals_in_process_and_resumes_after_a_kill(
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     card = read_card(Path(in_demo.clip.out))
     train = tmp_path / "embeddings" / "train"
-    with ray_cluster(workers=2) as address:
-        monkeypatch.setenv("RAY_ADDRESS", address)
-        monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # as the cluster's nodes
-        args = [
-            sys.executable,
-            "-m",
-            "rdm.cli",
-            "--params",
-            str(tmp_path / "params.yaml"),
-            "embed",
-            "training",
-        ]
-        process = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
-        deadline = time.monotonic() + 300
-        while not list(train.glob("chunk-00001.npz")) and time.monotonic() < deadline:
-            assert process.poll() is None, "embed finished before it could be killed"
-            time.sleep(0.05)
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-        done_before = len(VectorChunks(train, card).known_ids())
-        assert 0 < done_before < in_demo.generate.train_images
+    monkeypatch.setenv("RAY_ADDRESS", ray_address)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # as the cluster's nodes
+    args = [
+        sys.executable,
+        "-m",
+        "rdm.cli",
+        "--params",
+        str(tmp_path / "params.yaml"),
+        "embed",
+        "training",
+    ]
+    process = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.monotonic() + 300
+    while not list(train.glob("chunk-00001.npz")) and time.monotonic() < deadline:
+        assert process.poll() is None, "embed finished before it could be killed"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    done_before = len(VectorChunks(train, card).known_ids())
+    assert 0 < done_before < in_demo.generate.train_images
 
-        config = load_config(tmp_path / "params.yaml")
-        report = embed.run(
-            config.embed,
-            config.store,
-            Path(config.clip.out),
-            Path(config.prepare.out),
-            False,
-            sides=["training"],
-        )
-    assert f"on the Ray cluster at {address} (3 nodes, 2 CPUs, 0 GPUs)" in capsys.readouterr().out
+    config = load_config(tmp_path / "params.yaml")
+    report = embed.run(
+        config.embed,
+        config.store,
+        Path(config.clip.out),
+        Path(config.prepare.out),
+        False,
+        sides=["training"],
+    )
+    assert f"on the Ray cluster at {ray_address} (3 nodes, 2 CPUs, 0 GPUs)" in capsys.readouterr().out
     assert report["embedded"] == {"train": in_demo.generate.train_images - done_before, "d_train": 400}
     for split in ("train", "d_train"):
         stored = np.concatenate(

@@ -1,5 +1,6 @@
 """Ingestion from a bucket on a real S3 API (moto's server on 127.0.0.1), same checks as the folder."""
 
+import pickle
 from pathlib import Path
 
 import boto3
@@ -33,6 +34,10 @@ def test_bucket_prefix_ingests_like_a_folder(s3: S3Params, tmp_path: Path) -> No
         open_source("s3://art/collections/v1", s3), "styles", out, LIMITS, workers=4, progress=False
     )
     check_messy_result(result, out, lambda rel: f"s3://art/collections/v1/{rel}")
+    source = open_source("s3://art/collections/v1", s3)
+    travelled = pickle.loads(pickle.dumps(source))  # as a Ray task gets it: its own client, made again
+    assert travelled.client is not None and travelled.client is not source.client
+    assert travelled.read("s3://art/collections/v1/alpha/good.png") == messy_files()["alpha/good.png"][0]
 
 
 def test_manifest_on_s3_resolves_relative_keys(s3: S3Params, tmp_path: Path) -> None:
@@ -62,3 +67,7 @@ def test_webdataset_shards_under_a_prefix_are_read_by_ranged_gets(s3: S3Params, 
     out = tmp_path / "out"
     result = ingest(source, "d_train", out, LIMITS, progress=False)
     check_shard_result(result, out, lambda shard: f"s3://laion/part-0/{shard}")
+    first = list(source.shard_items("s3://laion/part-0/00000.tar"))
+    travelled = pickle.loads(pickle.dumps(source.reader(first)))  # what a Ray task gets for one shard
+    assert set(travelled.members) == {i.location for i in first} != set(source.members)
+    assert [travelled.read(i.location) for i in first] == [source.read(i.location) for i in first]

@@ -1,5 +1,5 @@
-"""Ingestion: list a source, read and check every file in parallel, store the good images by
-content hash and account for every other file with its reason.
+"""Ingestion: list a source, read and check every file in parallel (threads here, or tasks on a Ray
+cluster), store the good images by content hash and account for every other file with its reason.
 
 Nothing is dropped silently: for each call, accepted + rejected = files listed.
 """
@@ -8,36 +8,22 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from hashlib import sha256
-from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tqdm import tqdm
 
 from rdm.artifacts.manifest import Record
-from rdm.data.images import DUPLICATE, NO_STYLE, UNREADABLE, CheckedImage, Limits, Rejected, check_image
-from rdm.data.listing import Source, SourceItem
+from rdm.data.checking import Check, Checks, Outcome, Rejection, checked_here
+from rdm.data.images import DUPLICATE, Limits
+from rdm.data.listing import Source
+from rdm.data.on_ray import checked_on_ray
 from rdm.files import atomic_write_bytes
 
-
-@dataclass(frozen=True)
-class Rejection:
-    source: str
-    split: str
-    reason: str
-    detail: str
-    style: str | None = None
-    """The style the source files it under, if any: what a refresh counts its rejections by."""
-
-    @classmethod
-    def of(cls, item: SourceItem, split: str, reason: str, detail: str) -> Rejection:
-        return cls(item.location, split, reason, detail, item.style)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+__all__ = ["JOURNAL", "IngestResult", "Rejection", "ingest"]
 
 
 @dataclass
@@ -56,17 +42,9 @@ class IngestResult:
         return {"seen": self.seen, "accepted": len(self.records), "rejected": self.reasons()}
 
 
-def image_relpath(image_id: str, suffix: str, split: str) -> str:
-    """`images/<split>/<2 hex>/<id><suffix>`: one folder per split, so each side's images are a DVC
-    output of their own."""
-    return f"images/{split}/{image_id[:2]}/{image_id}{suffix}"
-
-
 JOURNAL = ".shards"
 """Under the prepared folder, `<split>/<digest>.json` per shard ingested: what it gave, so that an
 interrupted `prepare` resumes shard by shard."""
-
-Outcome = Record | Rejection
 
 
 def ingest(
@@ -78,6 +56,7 @@ def ingest(
     seen: dict[str, str] | None = None,
     require_style: bool = False,
     workers: int = 4,
+    executor: Literal["local", "ray"] = "local",
     progress: bool = True,
 ) -> IngestResult:
     """Ingest every item of `source` into `out_dir/images/<split>/`.
@@ -85,32 +64,30 @@ def ingest(
     `seen` maps ids already ingested (possibly from other splits) to their source, so a file whose
     bytes were met before becomes a `duplicate` rejection; it is updated in place.
     `require_style` rejects items with no style (style collections need one).
+    `executor`: `local` checks with `workers` threads, `ray` with tasks on a Ray cluster; the result
+    is the same.
     A source in parts that have an identity (webdataset shards) is journaled part by part: a part
     unchanged since a run that finished it, under the same checks, is replayed, not read again.
     """
     seen = {} if seen is None else seen
     result = IngestResult()
-    settings = f"{limits}, require_style={require_style}"
-
-    def process(item: SourceItem) -> Outcome:
-        return _process(source, item, split, out_dir, limits, require_style)
-
+    checks = Checks(split, out_dir, limits, require_style)
     with (
-        ThreadPoolExecutor(max_workers=workers) as pool,
+        _executor(executor, checks, workers) as check,
         tqdm(desc=f"ingest {split}", unit="file", disable=not progress) as bar,
     ):
         for part in source.parts():
-            journal = _journal_path(out_dir, split, part.name, settings) if part.identity else None
-            outcomes = _replay(journal, part.identity, settings, out_dir) if journal else None
+            journal = _journal_path(out_dir, split, part.name, checks.settings) if part.identity else None
+            outcomes = _replay(journal, part.identity, checks.settings, out_dir) if journal else None
             if outcomes is None:
                 items = list(part.items())
                 bar.total = (bar.total or 0) + len(items)
                 outcomes = []
-                for outcome in pool.map(process, items):
+                for outcome in check(source, items):
                     outcomes.append(outcome)
                     bar.update(1)
                 if journal:
-                    _record(journal, part.name, part.identity, settings, outcomes)
+                    _record(journal, part.name, part.identity, checks.settings, outcomes)
             else:
                 bar.total = (bar.total or 0) + len(outcomes)
                 bar.update(len(outcomes))
@@ -124,6 +101,12 @@ def ingest(
                 else:
                     result.rejections.append(outcome)
     return result
+
+
+def _executor(executor: str, checks: Checks, workers: int) -> AbstractContextManager[Check]:
+    if executor == "ray":
+        return checked_on_ray(checks, desc=f"ingest {checks.split}")
+    return checked_here(checks, workers)
 
 
 def _journal_path(out_dir: Path, split: str, part: str, settings: str) -> Path:
@@ -157,40 +140,3 @@ def _record(journal: Path, part: str, identity: str | None, settings: str, outco
         ],
     }
     atomic_write_bytes(journal, json.dumps(entry).encode())
-
-
-def _process(
-    source: Source, item: SourceItem, split: str, out_dir: Path, limits: Limits, require_style: bool
-) -> Record | Rejection:
-    if require_style and not item.style:
-        return Rejection.of(item, split, NO_STYLE, "style collections need a folder (or column) per style")
-    try:
-        data = source.read(item.location)
-    except Exception as exc:  # missing file, permission, S3 error: one bad item never stops the batch
-        return Rejection.of(item, split, UNREADABLE, f"{type(exc).__name__}: {exc}")
-    try:
-        checked = check_image(data, limits)
-    except Rejected as exc:
-        return Rejection.of(item, split, exc.reason, exc.detail)
-    image_id = sha256(data).hexdigest()
-    rel = image_relpath(image_id, checked.suffix, split)
-    target = out_dir / rel
-    if not target.exists():
-        atomic_write_bytes(target, data if checked.unchanged else _png_bytes(checked))
-    return Record(
-        id=image_id,
-        split=split,
-        path=rel,
-        source=item.location,
-        caption=item.caption,
-        style=item.style,
-        content=item.content,
-        width=checked.image.width,
-        height=checked.image.height,
-    )
-
-
-def _png_bytes(checked: CheckedImage) -> bytes:
-    buffer = BytesIO()
-    checked.image.save(buffer, format="PNG")
-    return buffer.getvalue()

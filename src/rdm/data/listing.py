@@ -51,3 +51,8 @@ class Source(ABC):
         """The units ingestion may resume by: the whole source, never journaled, unless a layout
         knows better (webdataset shards: one part each)."""
         return [Part(self.spec, None, self.items)]
+
+    def reader(self, items: list[SourceItem]) -> Source:
+        """What a worker elsewhere (a Ray task) needs to read `items`: the source itself, unless it
+        holds state for everything listed so far (shard offsets) that need not travel."""
+        return self

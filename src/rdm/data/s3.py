@@ -39,3 +39,19 @@ def make_client(params: S3Params) -> Any:
         kwargs["aws_access_key_id"] = params.access_key_id.get_secret_value()
         kwargs["aws_secret_access_key"] = params.secret_access_key.get_secret_value()
     return boto3.client("s3", **kwargs)
+
+
+class S3Access:
+    """A holder of a boto3 client made from `s3` params. A client cannot be pickled (to a Ray worker):
+    it is left behind and made again from the params on the other side."""
+
+    client: Any
+    s3: S3Params | None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "client": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.s3 is not None:
+            self.client = make_client(self.s3)

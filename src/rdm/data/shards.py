@@ -10,6 +10,7 @@ anything else) is listed, so ingestion accounts for each one.
 
 from __future__ import annotations
 
+import copy
 import json
 import tarfile
 from collections import defaultdict
@@ -17,10 +18,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from rdm.data.listing import Part, Source, SourceError, SourceItem
-from rdm.data.s3 import is_s3_uri, split_s3_uri
+from rdm.data.s3 import S3Access, is_s3_uri, split_s3_uri
+
+if TYPE_CHECKING:
+    from rdm.config import S3Params
 
 SHARD_SUFFIX = ".tar"
 SIDECARS = {"txt", "json"}
@@ -42,12 +46,14 @@ def sample_key(member: str) -> tuple[str, str]:
     return str(path.parent / stem) if str(path.parent) != "." else stem, extension.lower()
 
 
-class ShardSource(Source):
-    """`.tar` shards: `spec` is one shard, a folder of them, or an s3:// prefix of them."""
+class ShardSource(Source, S3Access):
+    """`.tar` shards: `spec` is one shard, a folder of them, or an s3:// prefix of them (read with
+    `client`, made from the `s3` params)."""
 
-    def __init__(self, spec: str, client: Any = None) -> None:
+    def __init__(self, spec: str, client: Any = None, s3: S3Params | None = None) -> None:
         super().__init__(spec)
         self.client = client
+        self.s3 = s3
         self.members: dict[str, Member] = {}
         self.etags: dict[str, str] = {}
 
@@ -109,6 +115,12 @@ class ShardSource(Source):
                 location = f"{shard}#{name}"
                 self.members[location] = Member(shard, info.offset_data, info.size)
                 yield SourceItem(location=location, caption=caption, style=style)
+
+    def reader(self, items: list[SourceItem]) -> ShardSource:
+        """A copy that knows only these items' offsets, not those of every shard listed so far."""
+        reader = copy.copy(self)
+        reader.members = {i.location: self.members[i.location] for i in items}
+        return reader
 
     def read(self, location: str) -> bytes:
         member = self.members.get(location)

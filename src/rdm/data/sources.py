@@ -26,7 +26,7 @@ import pandas as pd
 
 from rdm.config import S3Params
 from rdm.data.listing import Source, SourceError, SourceItem
-from rdm.data.s3 import is_s3_uri, make_client, split_s3_uri
+from rdm.data.s3 import S3Access, is_s3_uri, make_client, split_s3_uri
 from rdm.data.shards import ShardSource, holds_shards
 
 __all__ = ["Source", "SourceError", "SourceItem", "open_source", "read_table"]
@@ -38,8 +38,9 @@ CAPTION_SUFFIX = ".txt"
 def open_source(spec: str, s3: S3Params | None = None) -> Source:
     """Pick the source type from its spec: webdataset shards, s3:// URI, manifest file or folder."""
     if is_s3_uri(spec):
-        client = make_client(s3 or S3Params())
-        return ShardSource(spec, client) if holds_shards(spec, client) else S3Source(spec, s3 or S3Params())
+        s3 = s3 or S3Params()
+        client = make_client(s3)
+        return ShardSource(spec, client, s3) if holds_shards(spec, client) else S3Source(spec, s3)
     path = Path(spec)
     if path.exists() and holds_shards(spec):
         return ShardSource(spec)
@@ -145,10 +146,11 @@ class ManifestSource(Source):
         return super().read(location)
 
 
-class S3Source(Source):
+class S3Source(Source, S3Access):
     def __init__(self, spec: str, params: S3Params) -> None:
         super().__init__(spec)
         self.bucket, self.key = split_s3_uri(spec)
+        self.s3 = params
         self.client = make_client(params)
 
     def read(self, location: str) -> bytes:

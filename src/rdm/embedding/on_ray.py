@@ -3,19 +3,13 @@ images are decoded in CPU tasks and embedded by CLIP actors (one per GPU where t
 and the vectors come back to this process, which writes them as the same resumable chunk files as the
 in-process path: a killed job resumes from its last chunk.
 
-The cluster is the one `RAY_ADDRESS` names (`ray start --head` on a machine, or a KubeRay cluster);
-without it Ray starts in this process, on this machine's cores. Every node needs this package
-installed and the prepared images at the same path (a shared filesystem), as Ray runs the decoding
-and the model where it schedules them.
+The cluster is the one `RAY_ADDRESS` names, else a Ray started here (`rdm.ray_cluster`). Every node
+needs this package installed and the prepared images at the same absolute path (a shared filesystem),
+as Ray runs the decoding and the model where it schedules them.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,63 +20,9 @@ from tqdm import tqdm
 from rdm.artifacts.embeddings import VectorChunks
 from rdm.config import EmbedParams
 from rdm.errors import UserError
+from rdm.ray_cluster import Cluster, connected
 
 Batch = dict[str, np.ndarray]
-
-
-@dataclass(frozen=True)
-class Cluster:
-    """The Ray cluster a job ran on, for the stage's report."""
-
-    address: str
-    nodes: int
-    cpus: float
-    gpus: float
-
-
-@contextmanager
-def connected() -> Iterator[Cluster]:
-    """A Ray connection: the cluster `RAY_ADDRESS` names, else a Ray started in this process (and
-    stopped after). An already open connection is used as it is."""
-    import ray
-
-    if ray.is_initialized():
-        yield _cluster()
-        return
-    address = os.environ.get("RAY_ADDRESS") or None
-    try:
-        if address:
-            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
-        else:
-            # "local": a new Ray here, never a cluster some earlier `ray start` left its address for
-            ray.init(
-                address="local",
-                _node_ip_address="127.0.0.1",
-                include_dashboard=False,
-                logging_level=logging.ERROR,
-                log_to_driver=False,
-            )
-    except (ConnectionError, RuntimeError) as error:
-        raise UserError(
-            f"embed.executor is ray but no Ray cluster answers at RAY_ADDRESS={address!r} ({error}); "
-            "start one (`ray start --head`) or unset RAY_ADDRESS to run Ray in this process"
-        ) from error
-    try:
-        yield _cluster()
-    finally:
-        ray.shutdown()
-
-
-def _cluster() -> Cluster:
-    import ray
-
-    resources = ray.cluster_resources()
-    return Cluster(
-        address=os.environ.get("RAY_ADDRESS") or ray.get_runtime_context().gcs_address,
-        nodes=sum(1 for node in ray.nodes() if node["Alive"]),
-        cpus=resources.get("CPU", 0.0),
-        gpus=resources.get("GPU", 0.0),
-    )
 
 
 def embed_on_ray(
@@ -102,29 +42,31 @@ def embed_on_ray(
     import ray.data
 
     known = frozenset(chunks.known_ids())
-    with connected() as cluster:
+    with connected("embed.executor") as cluster:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # one bar, below, over what is written
         actors, device = encoder_actors(params, cluster)
-        print(
-            f"{desc}: {todo} images on the Ray cluster at {cluster.address} ({cluster.nodes} nodes, "
-            f"{cluster.cpus:g} CPUs, {cluster.gpus:g} GPUs): {actors} CLIP actors on {device}"
-        )
+        print(f"{desc}: {todo} images on {cluster.describe()}: {actors} CLIP actors on {device}")
         vectors = (
-            ray.data.read_parquet(str(manifest_file))
+            ray.data.read_parquet(str(manifest_file.resolve()))  # read on the workers
             .select_columns(["id", "path"])
             .map_batches(partial(drop_known, known=known), batch_format="numpy")
             # blocks of one batch: decoding spreads over tasks and vectors stream back as they come
             .repartition(target_num_rows_per_block=params.batch_size)
             .map_batches(
-                partial(decode_images, prepared=str(prepared), size=image_size, resize=chunks.card.resize),
+                partial(
+                    decode_images,
+                    prepared=str(prepared.resolve()),
+                    size=image_size,
+                    resize=chunks.card.resize,
+                ),
                 batch_size=params.batch_size,
                 batch_format="numpy",
                 num_cpus=0.5,  # unlike the actors: Ray would otherwise fuse decoding into them
             )
             .map_batches(
                 ClipEncoder,
-                fn_constructor_kwargs={"folder": str(clip_dir), "device": device},
+                fn_constructor_kwargs={"folder": str(clip_dir.resolve()), "device": device},
                 batch_size=params.batch_size,
                 batch_format="numpy",
                 concurrency=actors,

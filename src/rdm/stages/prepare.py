@@ -83,6 +83,7 @@ def run_side(params: PrepareParams, s3: S3Params, side: str, progress: bool = Tr
                 seen=seen,
                 require_style=split == "styles",
                 workers=params.workers,
+                executor=params.executor,
                 progress=progress,
             )
             results[split].records += part.records
