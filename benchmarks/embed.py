@@ -151,7 +151,7 @@ def pipeline_once(
     """The embed stage's own functions, into fresh outputs: img/s."""
     started = time.perf_counter()
     chunks = VectorChunks(root / f"emb-{params.executor}{round_}" / "train", clip.card)
-    embed_split(clip, manifest, prepared, chunks, params, "train", progress=False, clip_dir=root / "clip")
+    embed_split(clip, manifest, prepared, chunks, params, "train", progress=False)
     with open_store(StoreParams(path=str(root / f"qdrant-{params.executor}{round_}"))) as store:
         fill_collection(store, "train", manifest, chunks, clip.card, prepared)
     return len(manifest) / (time.perf_counter() - started)

@@ -250,12 +250,15 @@ def clone_project(tmp_path: Path, **changes: dict) -> tuple[Path, dict[str, str]
     return repo, env
 
 
+RAY = str(Path(sys.executable).parent / "ray")
+"""The `ray` command of this environment's Ray."""
+
+
 @contextlib.contextmanager
 def ray_cluster(workers: int = 2, cpus_per_worker: int = 1) -> Iterator[str]:
     """A Ray cluster on 127.0.0.1 as `ray start` makes one: a head that runs nothing (0 CPUs) and
     `workers` worker nodes; yields its address (for RAY_ADDRESS). Each node is a `ray start --block`
     process this function started, stopped by its id (it stops the Ray processes it spawned)."""
-    ray = str(Path(sys.executable).parent / "ray")
     port = free_port()
     address = f"127.0.0.1:{port}"
     head = ["--include-dashboard=false"]
@@ -271,7 +274,7 @@ def ray_cluster(workers: int = 2, cpus_per_worker: int = 1) -> Iterator[str]:
     env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled"}
     started = [
         subprocess.Popen(
-            [ray, "start", "--head", f"--port={port}", "--num-cpus=0", f"--temp-dir={temp}", *head, *node],
+            [RAY, "start", "--head", f"--port={port}", "--num-cpus=0", f"--temp-dir={temp}", *head, *node],
             env=env,
             cwd=temp,
             stdout=subprocess.DEVNULL,
@@ -284,7 +287,7 @@ def ray_cluster(workers: int = 2, cpus_per_worker: int = 1) -> Iterator[str]:
             started.append(
                 subprocess.Popen(
                     [
-                        ray,
+                        RAY,
                         "start",
                         f"--address={address}",
                         f"--num-cpus={cpus_per_worker}",
@@ -331,11 +334,10 @@ def _wait_for_port(address: str, process: subprocess.Popen, timeout: float = 120
 
 def _wait_for_cpus(address: str, cpus: int, log: Path, timeout: float = 120) -> None:
     """Until the workers have joined: `ray status` lists their CPUs."""
-    ray = str(Path(sys.executable).parent / "ray")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = subprocess.run(
-            [ray, "status", f"--address={address}"], capture_output=True, text=True, check=False
+            [RAY, "status", f"--address={address}"], capture_output=True, text=True, check=False
         ).stdout
         if f"/{cpus}.0 CPU" in status:
             return

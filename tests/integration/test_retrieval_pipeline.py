@@ -109,22 +109,28 @@ def test_rerun_embeds_nothing(in_demo: Config) -> None:
     assert all(c["added"] == 0 and c["removed"] == 0 for c in report["collections"].values())
 
 
+def embed_killed_once(params: Path, sides: list[str], chunks: Path, pattern: str, timeout: float) -> None:
+    """`rdm embed [sides]` in a session of its own, sent SIGKILL once a chunk matching `pattern` is in
+    `chunks`."""
+    args = [sys.executable, "-m", "rdm.cli", "--params", str(params), "embed", *sides]
+    process = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.monotonic() + timeout
+    while not list(chunks.glob(pattern)) and time.monotonic() < deadline:
+        assert process.poll() is None, "embed finished before it could be killed"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
 def test_killed_embed_resumes_to_exactly_the_right_set(in_demo: Config, tmp_path: Path) -> None:
     params = yaml.safe_load(Path("params.yaml").read_text())
     params["embed"]["out"] = str(tmp_path / "embeddings")
     params["store"]["path"] = str(tmp_path / "qdrant")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    args = [sys.executable, "-m", "rdm.cli", "--params", str(tmp_path / "params.yaml"), "embed"]
-    process = subprocess.Popen(
-        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
     chunks = tmp_path / "embeddings" / "train"
-    deadline = time.monotonic() + 120
-    while not list(chunks.glob("chunk-0000[2-9].npz")) and time.monotonic() < deadline:
-        assert process.poll() is None, "embed finished before it could be killed"
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    embed_killed_once(tmp_path / "params.yaml", [], chunks, "chunk-0000[2-9].npz", timeout=120)
     done_before = len(VectorChunks(chunks, read_card(Path(in_demo.clip.out))).known_ids())
     assert 0 < done_before < in_demo.generate.train_images
 
@@ -214,24 +220,7 @@ def test_embedding_on_a_ray_cluster_equals_in_process_and_resumes_after_a_kill(
     train = tmp_path / "embeddings" / "train"
     monkeypatch.setenv("RAY_ADDRESS", ray_address)
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # as the cluster's nodes
-    args = [
-        sys.executable,
-        "-m",
-        "rdm.cli",
-        "--params",
-        str(tmp_path / "params.yaml"),
-        "embed",
-        "training",
-    ]
-    process = subprocess.Popen(
-        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    deadline = time.monotonic() + 300
-    while not list(train.glob("chunk-00001.npz")) and time.monotonic() < deadline:
-        assert process.poll() is None, "embed finished before it could be killed"
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    embed_killed_once(tmp_path / "params.yaml", ["training"], train, "chunk-00001.npz", timeout=300)
     done_before = len(VectorChunks(train, card).known_ids())
     assert 0 < done_before < in_demo.generate.train_images
 

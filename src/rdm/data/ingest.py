@@ -77,8 +77,8 @@ def ingest(
         tqdm(desc=f"ingest {split}", unit="file", disable=not progress) as bar,
     ):
         for part in source.parts():
-            journal = _journal_path(out_dir, split, part.name, checks.settings) if part.identity else None
-            outcomes = _replay(journal, part.identity, checks.settings, out_dir) if journal else None
+            journal = _journal_path(checks, part.name) if part.identity else None
+            outcomes = _replay(journal, part.identity, checks) if journal else None
             if outcomes is None:
                 items = list(part.items())
                 bar.total = (bar.total or 0) + len(items)
@@ -87,7 +87,7 @@ def ingest(
                     outcomes.append(outcome)
                     bar.update(1)
                 if journal:
-                    _record(journal, part.name, part.identity, checks.settings, outcomes)
+                    _record(journal, part.name, part.identity, checks, outcomes)
             else:
                 bar.total = (bar.total or 0) + len(outcomes)
                 bar.update(len(outcomes))
@@ -109,32 +109,33 @@ def _executor(executor: str, checks: Checks, workers: int) -> AbstractContextMan
     return checked_here(checks, workers)
 
 
-def _journal_path(out_dir: Path, split: str, part: str, settings: str) -> Path:
+def _journal_path(checks: Checks, part: str) -> Path:
     """One journal per part and checks: a run under other limits keeps its own."""
-    return out_dir / JOURNAL / split / f"{sha256(f'{part}|{settings}'.encode()).hexdigest()[:24]}.json"
+    digest = sha256(f"{part}|{checks.settings}".encode()).hexdigest()[:24]
+    return checks.out_dir / JOURNAL / checks.split / f"{digest}.json"
 
 
-def _replay(journal: Path, identity: str | None, settings: str, out_dir: Path) -> list[Outcome] | None:
+def _replay(journal: Path, identity: str | None, checks: Checks) -> list[Outcome] | None:
     """The journaled outcomes of a part, or None where they cannot stand: no journal, the part
     changed, the checks changed, or an accepted image is no longer on disk."""
     if not journal.is_file():
         return None
     entry = json.loads(journal.read_text())
-    if (entry["identity"], entry["settings"]) != (identity, settings):
+    if (entry["identity"], entry["settings"]) != (identity, checks.settings):
         return None
     outcomes: list[Outcome] = [
         Record(**o["record"]) if "record" in o else Rejection(**o["rejection"]) for o in entry["outcomes"]
     ]
-    if any(isinstance(o, Record) and not (out_dir / o.path).is_file() for o in outcomes):
+    if any(isinstance(o, Record) and not (checks.out_dir / o.path).is_file() for o in outcomes):
         return None
     return outcomes
 
 
-def _record(journal: Path, part: str, identity: str | None, settings: str, outcomes: list[Outcome]) -> None:
+def _record(journal: Path, part: str, identity: str | None, checks: Checks, outcomes: list[Outcome]) -> None:
     entry = {
         "part": part,
         "identity": identity,
-        "settings": settings,
+        "settings": checks.settings,
         "outcomes": [
             {"record": asdict(o)} if isinstance(o, Record) else {"rejection": o.as_dict()} for o in outcomes
         ],

@@ -33,6 +33,8 @@ class Clip:
     tokenizer: Any
     card: ClipCard
     device: torch.device
+    folder: Path
+    """Where it was loaded from: what a Ray actor loads it again from."""
 
     def encode_text(self, texts: list[str], normalize: bool = True) -> torch.Tensor:
         """(B,) strings -> (B, D) float32 embeddings, L2-normalised unless `normalize` is False (the
@@ -168,6 +170,7 @@ def load(folder: Path, device: str = "auto") -> Clip:
         tokenizer=tokenizer,
         card=card,
         device=torch_device,
+        folder=folder.resolve(),
     )
 
 

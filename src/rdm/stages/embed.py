@@ -36,18 +36,14 @@ def embed_split(
     params: EmbedParams,
     split: str,
     progress: bool = True,
-    clip_dir: Path | None = None,
 ) -> int:
     """Embed the rows not embedded yet, checkpointing every `chunk_size` images; returns how many.
-    With `embed.executor: ray` the work runs on a Ray cluster (`clip_dir` then names the CLIP its
-    actors load)."""
+    With `embed.executor: ray` the work runs on a Ray cluster, whose actors load the CLIP from its folder."""
     known = chunks.known_ids()
     todo = manifest[~manifest["id"].isin(known)]
     if params.executor == "ray" and len(todo):
-        if clip_dir is None:
-            raise ValueError("embed.executor ray needs the CLIP folder for its actors")
         embed_on_ray(
-            clip_dir,
+            clip.folder,
             manifest_path(prepared, split),
             prepared,
             chunks,
@@ -133,7 +129,7 @@ def run(
     report: dict[str, Any] = {"clip": clip.card.model, "fingerprint": clip.card.fingerprint}
     report |= {"executor": params.executor, "embedded": {}, "collections": {}}
     for side in sides:
-        done = run_side(clip, params, store_params, prepared, side, progress, keep_out, clip_dir)
+        done = run_side(clip, params, store_params, prepared, side, progress, keep_out)
         report["embedded"] |= done["embedded"]
         report["collections"] |= done["collections"]
     return report
@@ -147,7 +143,6 @@ def run_side(
     side: str,
     progress: bool,
     keep_out: Collection[str],
-    clip_dir: Path | None = None,
 ) -> dict[str, Any]:
     splits = SIDES[side]
     manifests = {split: read_manifest(manifest_path(prepared, split)) for split in splits}
@@ -155,7 +150,7 @@ def run_side(
     report: dict[str, Any] = {"embedded": {}}
     for split in splits:
         report["embedded"][split] = embed_split(
-            clip, manifests[split], prepared, chunks[split], params, split, progress, clip_dir
+            clip, manifests[split], prepared, chunks[split], params, split, progress
         )
     collections = wanted_collections(manifests, chunks, keep_out)
     with open_store(store_params) as store:
