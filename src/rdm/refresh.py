@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from rdm.artifacts.manifest import manifest_path, read_manifest, read_rejections
+from rdm.artifacts.manifest import manifest_path, read_manifest, read_rejections, styles_side_lock
 from rdm.config import Config
 from rdm.evaluation.split import classifier_share
 from rdm.files import exclusive, write_json
@@ -64,7 +64,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     also written to `refresh.metrics`."""
     started = time.perf_counter()
     manifest = manifest_path(Path(config.prepare.out), "styles")
-    with exclusive(Path(config.store.path) / ".locks" / "refresh.lock", "the style collections"):
+    with exclusive(styles_side_lock(config.store.path), "the style collections"):
         before = _sources_by_style(manifest)
         prepare.run_side(config.prepare, config.s3, "styles", progress)
         keep_out = classifier_share(config)

@@ -279,7 +279,12 @@ def test_four_batches_and_a_refresh_at_once_lose_nothing(stack: Stack, trained: 
     seconds = time.perf_counter() - started
     states = {run["name"]: run["state_type"] for run in runs.values()}
     print(f"4 sample-styles + 1 refresh at once through the worker: {seconds:.0f} s, states {states}")
-    assert set(states.values()) == {"COMPLETED"}, states
+    failed = {
+        run["name"]: stack.logs(i)[-4000:] for i, run in runs.items() if run["state_type"] != "COMPLETED"
+    }
+    for name, log in failed.items():
+        print(f"--- {name} failed; its log ends:\n{log}")
+    assert set(states.values()) == {"COMPLETED"}, (states, failed)
 
     client = MlflowClient(tracking_uri=stack.mlflow)
     experiments = [e.experiment_id for e in client.search_experiments()]

@@ -13,16 +13,22 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import boto3
+import pandas as pd
 import pytest
 from PIL import Image
 
+from rdm.artifacts.embeddings import VectorChunks
+from rdm.artifacts.manifest import read_manifest, styles_side_lock
 from rdm.config import load_config
+from rdm.embedding import model as clip_model
 from rdm.evaluation.split import classifier_ids, classifier_share
+from rdm.files import exclusive
 from rdm.retrieval.backends import open_store
 from rdm.retrieval.store import style_collection
-from rdm.stages import clip, embed, generate, prepare
+from rdm.stages import clip, embed, evaluate, generate, prepare
 from tests.support import rdm_env, work_in, write_params
 
 pytestmark = pytest.mark.slow
@@ -150,3 +156,28 @@ def test_refresh_follows_the_bucket_atomically_one_at_a_time(
     }
     assert (report["styles"][changed]["changed"], report["styles"][shrunk]["removed"]) == (1, 1)
     assert report["embedded"] == 3, "only the two new images and the changed one go through CLIP"
+
+    # an evaluation waits while a refresh holds the styles side: its manifest written, its vectors not yet
+    manifest = Path(config.prepare.out) / "styles.parquet"
+    refreshed = manifest.read_bytes()
+    judge_clip = clip_model.load(Path(config.clip.out), "cpu")
+    style_chunks = VectorChunks(Path(config.embed.out) / "styles", judge_clip.card)
+    judged: dict[str, Any] = {}
+
+    def judge() -> None:
+        try:
+            judged["judges"] = evaluate.train_judges(config, judge_clip, style_chunks)
+        except Exception as error:
+            judged["error"] = error
+
+    with exclusive(styles_side_lock(config.store.path), "the style collections"):
+        table = read_manifest(manifest)
+        pd.concat([table, table.iloc[:1].assign(id="0" * 64)]).to_parquet(manifest, index=False)
+        thread = threading.Thread(target=judge)
+        thread.start()
+        time.sleep(2)
+        assert thread.is_alive(), f"the judges did not wait for the refresh: {judged}"
+        manifest.write_bytes(refreshed)
+    thread.join(timeout=300)
+    assert "judges" in judged, judged
+    assert judged["judges"].style_ids == list(read_manifest(manifest)["id"])

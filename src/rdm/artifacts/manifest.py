@@ -29,6 +29,12 @@ def side_of(split: str) -> str:
     return next(side for side, splits in SIDES.items() if split in splits)
 
 
+def styles_side_lock(store_path: str | Path) -> Path:
+    """The lock a refresh holds while it rewrites the styles side (manifest, vectors, collections) in
+    turn: a reader of the styles manifest and its vectors together takes it to see them agree."""
+    return Path(store_path) / ".locks" / "refresh.lock"
+
+
 def manifest_path(prepared: Path, split: str) -> Path:
     """`<prepared>/<split>.parquet`: one manifest per split."""
     return prepared / f"{split}.parquet"

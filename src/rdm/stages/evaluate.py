@@ -31,7 +31,7 @@ from PIL import Image
 from rdm.artifacts.autoencoder import read_reconstructions
 from rdm.artifacts.embeddings import VectorChunks
 from rdm.artifacts.evaluation import write_evaluation
-from rdm.artifacts.manifest import read_manifest
+from rdm.artifacts.manifest import read_manifest, styles_side_lock
 from rdm.artifacts.samples import RETRIEVAL, read_samples
 from rdm.config import Config, EvaluateParams
 from rdm.embedding import model as clip_model
@@ -44,6 +44,7 @@ from rdm.evaluation.report import classifier_report, compare_methods, format_tab
 from rdm.evaluation.scores import ceiling, context_hits, sample_scores, score_table
 from rdm.evaluation.sensitivity import conditioning_sensitivity
 from rdm.evaluation.split import classifier_ids, classifier_images
+from rdm.files import exclusive
 from rdm.tracking.runs import flatten
 
 
@@ -199,8 +200,12 @@ def run(config: Config, progress: bool = True, run_name: str | None = None) -> d
 def train_judges(config: Config, clip: clip_model.Clip, style_chunks: VectorChunks) -> Judges:
     """The style classifier on the classifier's part of the collections, and the label judges."""
     device = str(clip.device)
-    styles = read_manifest(Path(config.prepare.out) / "styles.parquet")
-    fitted, trained_on, borrowed, references = style_classifier(styles, style_chunks, config.evaluate, device)
+    # a refresh rewrites the styles manifest before it embeds the new images: wait for it to finish
+    with exclusive(styles_side_lock(config.store.path), "the style collections", wait=True):
+        styles = read_manifest(Path(config.prepare.out) / "styles.parquet")
+        fitted, trained_on, borrowed, references = style_classifier(
+            styles, style_chunks, config.evaluate, device
+        )
     train_chunks = VectorChunks(Path(config.embed.out) / "train", clip.card)
     labels, reports = label_judges(config, train_chunks, device)
     return Judges(fitted, trained_on, borrowed, references, labels, reports, [str(i) for i in styles["id"]])
